@@ -1,0 +1,55 @@
+"""Shared pytest setup: the pack's import name, in-process ComfyUI, the tiny models and the server.
+
+The repository is a ComfyUI custom-node package: its root `__init__.py` imports `comfy`, which only
+exists inside a ComfyUI host. Pure tests import the pack's sub-packages under the stable name
+`particle_repulsion` without executing that root `__init__.py`.
+"""
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE_NAME = "particle_repulsion"
+ARTIFACTS = REPO / "tests" / "artifacts"
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def _register_pack_namespace() -> None:
+    if PACKAGE_NAME in sys.modules:
+        return
+    package = types.ModuleType(PACKAGE_NAME)
+    package.__path__ = [str(REPO)]
+    sys.modules[PACKAGE_NAME] = package
+
+
+_register_pack_namespace()
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """In-process access to `comfy.*` on the CPU (the host must be set up)."""
+    import comfy_host
+
+    comfy_host.use_comfyui_in_process()
+    import comfy.samplers
+
+    return sys.modules["comfy"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(comfy) -> str:
+    """File name (for CheckpointLoaderSimple) of the tiny SD1.5-architecture checkpoint."""
+    import tiny_models
+
+    return tiny_models.ensure(tiny_models.TINY_SD15).name
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint):
+    """One real ComfyUI server for the whole session, with this pack loaded; always shut down."""
+    from comfy_server import ComfyServer
+
+    with ComfyServer(ARTIFACTS / "comfyui-server.log") as running:
+        yield running
