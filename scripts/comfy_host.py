@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,6 +17,7 @@ COMFYUI_DIR = HOST_DIR / "ComfyUI"
 VENV_DIR = HOST_DIR / "venv"
 VENV_PYTHON = VENV_DIR / "bin" / "python"
 PACK_LINK_NAME = "comfyui-particle-repulsion"
+PACKAGE_NAME = "particle_repulsion"
 
 
 class HostMissing(RuntimeError):
@@ -39,3 +41,13 @@ def use_comfyui_in_process() -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+
+
+def register_pack_namespace() -> None:
+    """Make the pack's sub-packages importable as `particle_repulsion.*` without running its root
+    `__init__.py` (which needs a running ComfyUI): `particle_repulsion.metrics`, `.kernels`, ..."""
+    if PACKAGE_NAME in sys.modules:
+        return
+    package = types.ModuleType(PACKAGE_NAME)
+    package.__path__ = [str(REPO)]
+    sys.modules[PACKAGE_NAME] = package

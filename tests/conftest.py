@@ -5,33 +5,22 @@ exists inside a ComfyUI host. Pure tests import the pack's sub-packages under th
 `particle_repulsion` without executing that root `__init__.py`.
 """
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGE_NAME = "particle_repulsion"
 ARTIFACTS = REPO / "tests" / "artifacts"
 sys.path.insert(0, str(REPO / "scripts"))
 
+import comfy_host  # noqa: E402
 
-def _register_pack_namespace() -> None:
-    if PACKAGE_NAME in sys.modules:
-        return
-    package = types.ModuleType(PACKAGE_NAME)
-    package.__path__ = [str(REPO)]
-    sys.modules[PACKAGE_NAME] = package
-
-
-_register_pack_namespace()
+comfy_host.register_pack_namespace()
 
 
 @pytest.fixture(scope="session")
 def comfy():
     """In-process access to `comfy.*` on the CPU (the host must be set up)."""
-    import comfy_host
-
     comfy_host.use_comfyui_in_process()
     import comfy.samplers
 

@@ -1,0 +1,34 @@
+"""Nodes that produce an EMBEDDER: where a repulsion node measures similarity."""
+from __future__ import annotations
+
+from ..embedders import EMBEDDER_NAMES
+from .embedder_recipes import BuiltinEmbedderRecipe
+
+CATEGORY = "particle_repulsion/embedders"
+
+
+class RepulsionEmbedder:
+    """Choose one of the pack's built-in embedders."""
+
+    DESCRIPTION = ("Chooses the space in which the images of a batch are compared and pushed apart. "
+                   "latent: everything (weak, high-dimensional); channel_mean: overall colour/tone; "
+                   "pooled_grid: coarse layout; rule_of_thirds: composition along the thirds; edges: where the "
+                   "mass of the image sits; random_cnn: generic texture and shape; latent_rgb: colour layout.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("EMBEDDER",)
+    OUTPUT_TOOLTIPS = ("Plug into any repulsion node's embedder input.",)
+    FUNCTION = "choose"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "embedder": (list(EMBEDDER_NAMES), {"default": "latent",
+                                                "tooltip": "What the repulsion makes diverse (see the node's description)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffff,
+                             "tooltip": "Seed of the random CNN's weights (fixed for the whole run). Other embedders ignore it."}),
+            "grid_size": ("INT", {"default": 4, "min": 1, "max": 32,
+                                  "tooltip": "Cells per side for pooled_grid and latent_rgb. Other embedders ignore it."}),
+        }}
+
+    def choose(self, embedder, seed, grid_size):
+        return (BuiltinEmbedderRecipe(name=embedder, seed=seed, grid_size=grid_size),)

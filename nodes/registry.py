@@ -1,0 +1,13 @@
+"""Every node the pack exports. IDs carry the `ParticleRepulsion` prefix and never change once shipped."""
+from .embedder_nodes import RepulsionEmbedder
+from .sampler_nodes import RepulsionModelPatch, RepulsiveKSampler, RepulsiveSampler
+
+NODES = {
+    "ParticleRepulsionKSampler": (RepulsiveKSampler, "Repulsive KSampler"),
+    "ParticleRepulsionSampler": (RepulsiveSampler, "Repulsive Sampler"),
+    "ParticleRepulsionModelPatch": (RepulsionModelPatch, "Repulsion (Model Patch)"),
+    "ParticleRepulsionEmbedder": (RepulsionEmbedder, "Repulsion Embedder"),
+}
+
+NODE_CLASS_MAPPINGS = {node_id: node_class for node_id, (node_class, _) in NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {node_id: display_name for node_id, (_, display_name) in NODES.items()}

@@ -1,0 +1,157 @@
+"""Repulsive KSampler, Repulsive Sampler (SAMPLER) and the Repulsion model patch (MODEL).
+
+All three share the same repulsion inputs (`repulsion_inputs`) and end in the same `Repulsion` object.
+"""
+from __future__ import annotations
+
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..kernels import KERNEL_NAMES
+from ..kernels.guidance import SPACES, STRENGTH_MODES, RepulsionSettings
+from .repulsion import Repulsion, patch_model, repulsive_sampler
+
+CATEGORY = "particle_repulsion/sampling"
+EMBEDDER_TOOLTIP = ("Where similarity is measured (from a Repulsion Embedder or Load Style Embedder node). "
+                    "Not connected: the raw latent.")
+
+
+def repulsion_inputs() -> dict:
+    """The repulsion widgets every repulsion node shows, in their saved-workflow order."""
+    return {
+        "strength": ("FLOAT", {
+            "default": 0.3, "min": 0.0, "max": 100000.0, "step": 0.01,
+            "tooltip": "How hard the images of the batch push each other apart. Relative mode: the push as a "
+                       "fraction of each denoising step (0.1-0.5 is a good range; 0 = plain sampling). "
+                       "Absolute mode: the thesis's alpha."}),
+        "strength_mode": (list(STRENGTH_MODES), {
+            "default": "relative",
+            "tooltip": "relative: strength is a fraction of the denoising step, so one value means the same "
+                       "thing for every model, embedder and batch size. absolute: the thesis's alpha, "
+                       "D' = D - alpha * sigma^2 * R (depends on the model and embedder)."}),
+        "space": (list(SPACES), {
+            "default": "noisy",
+            "tooltip": "noisy: compare the noisy latents the sampler holds (thesis). denoised: compare the "
+                       "model's predicted clean images (Particle Guidance style)."}),
+        "kernel": (list(KERNEL_NAMES), {
+            "default": "rbf",
+            "tooltip": "Similarity kernel between two images' features. rbf is the SVGD default; imq has "
+                       "heavier tails (pushes far-apart images too); cosine ignores feature magnitude."}),
+        "bandwidth": ("FLOAT", {
+            "default": 0.0, "min": 0.0, "max": 1.0e6, "step": 0.01,
+            "tooltip": "Kernel bandwidth h (in squared feature units). 0 = median heuristic, re-estimated at "
+                       "every step from the batch itself (recommended)."}),
+        "start": ("FLOAT", {
+            "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+            "tooltip": "Start repelling at this fraction of the schedule (0 = first step)."}),
+        "end": ("FLOAT", {
+            "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+            "tooltip": "Stop repelling after this fraction of the schedule (1 = last step). Early steps "
+                       "decide composition; stopping at 0.5-0.7 keeps fine detail untouched."}),
+    }
+
+
+def optional_embedder_input() -> dict:
+    return {"optional": {"embedder": ("EMBEDDER", {"tooltip": EMBEDDER_TOOLTIP})}}
+
+
+def build_repulsion(strength, strength_mode, space, kernel, bandwidth, start, end, embedder=None) -> Repulsion:
+    settings = RepulsionSettings(strength=strength, strength_mode=strength_mode, space=space, start=start, end=end)
+    return Repulsion(settings, kernel_name=kernel, bandwidth=bandwidth, embedder=embedder)
+
+
+class RepulsiveKSampler:
+    """The stock KSampler with batch repulsion at every denoising step."""
+
+    DESCRIPTION = ("KSampler that makes the images of one batch differ from each other: at every step each "
+                   "image is pushed away from the others (SVGD repulsion) in the chosen embedding space. "
+                   "Strength 0 is exactly the stock KSampler.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The denoised latent batch.",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model used for denoising."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
+                                 "tooltip": "Seed of the initial noise (the whole batch comes from one generator)."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Denoising steps."}),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Classifier-free guidance scale."}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {
+                    "tooltip": "Any ComfyUI sampler; repulsion acts on every model evaluation. CFG++ samplers "
+                               "take their drift from the uncond prediction, so repulsion there is partial."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Noise schedule."}),
+                "positive": ("CONDITIONING", {"tooltip": "What to include in the images."}),
+                "negative": ("CONDITIONING", {"tooltip": "What to exclude from the images."}),
+                "latent_image": ("LATENT", {"tooltip": "The latent batch to denoise (batch size 2 or more "
+                                                       "for repulsion)."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Fraction of the schedule to run (lower keeps more of the input)."}),
+                **repulsion_inputs(),
+            },
+            **optional_embedder_input(),
+        }
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+               denoise, embedder=None, **repulsion_options):
+        repulsion = build_repulsion(embedder=embedder, **repulsion_options)
+        sampler = repulsive_sampler(comfy.samplers.sampler_object(sampler_name), repulsion)
+        sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                         scheduler=scheduler, denoise=denoise,
+                                         model_options=model.model_options).sigmas
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
+        samples = comfy.sample.sample_custom(
+            model, noise, cfg, sampler, sigmas, positive, negative, latent,
+            noise_mask=latent_image.get("noise_mask"), callback=latent_preview.prepare_callback(model, steps),
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        return ({**latent_image, "samples": samples},)
+
+
+class RepulsiveSampler:
+    """SAMPLER in, SAMPLER out: adds batch repulsion to any sampler for SamplerCustom(Advanced)."""
+
+    DESCRIPTION = ("Wraps a SAMPLER (from KSamplerSelect or any sampler node) so that the images of the batch "
+                   "push each other apart at every model evaluation. Use with SamplerCustom or "
+                   "SamplerCustomAdvanced.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SAMPLER",)
+    OUTPUT_TOOLTIPS = ("The same sampler, with repulsion.",)
+    FUNCTION = "wrap"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"sampler": ("SAMPLER", {"tooltip": "The sampler to add repulsion to."}), **repulsion_inputs()},
+            **optional_embedder_input(),
+        }
+
+    def wrap(self, sampler, embedder=None, **repulsion_options):
+        return (repulsive_sampler(sampler, build_repulsion(embedder=embedder, **repulsion_options)),)
+
+
+class RepulsionModelPatch:
+    """MODEL in, MODEL out: repulsion as a post-CFG function, for the stock KSampler and other samplers."""
+
+    DESCRIPTION = ("Patches the MODEL so that any sampler node (including the stock KSampler) repels the images "
+                   "of the batch. Applied after CFG; other post-CFG patches run in the order they were added.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with repulsion.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"model": ("MODEL", {"tooltip": "The model to patch."}), **repulsion_inputs()},
+            **optional_embedder_input(),
+        }
+
+    def patch(self, model, embedder=None, **repulsion_options):
+        return (patch_model(model, build_repulsion(embedder=embedder, **repulsion_options)),)
