@@ -1,0 +1,201 @@
+"""Training the style classifier on noisy latents, as in the thesis.
+
+Every training example is `x0 + sigma * noise` with sigma log-uniform in `[sigma_min, sigma_max]`,
+drawn afresh each epoch. The cross-entropy of each example is weighted by `1 / (1 + sigma^2)`, the
+share of a unit-variance latent's variance that is still signal, so cleaner levels count more.
+
+Validation uses a held-out, per-class stratified split, evaluated twice every epoch: on noisy
+latents with sigma log-uniform in the lower half of the log range, `[sigma_min, sqrt(sigma_min *
+sigma_max)]` (fixed noise, drawn once, so epochs are comparable), and on the clean latents.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import check_whole_number
+from .style_classifier import StyleClassifier
+
+LEARNING_RATE = 3e-3
+EVALUATION_BATCH_SIZE = 256
+
+
+class TrainingInterrupted(Exception):
+    """Raised when `should_stop()` asks the trainer to stop; the partly trained model is discarded."""
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """The figures of one training epoch; accuracies are fractions in [0, 1]."""
+
+    epoch: int
+    loss: float
+    train_accuracy: float
+    validation_accuracy: float
+    clean_validation_accuracy: float
+
+
+@dataclass(frozen=True)
+class _LabelledLatents:
+    latents: Tensor  # [M, C, H, W]
+    labels: Tensor  # [M], int64
+    sigma: Tensor | None = None  # [M] noise level of each latent, None for clean latents
+
+
+def train_style_classifier(
+    latents: Tensor, labels: Tensor, class_names: Sequence[str], *, sigma_min: float, sigma_max: float,
+    epochs: int, batch_size: int, validation_fraction: float, seed: int,
+    on_epoch: Callable[[int, float, float, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[StyleClassifier, list[EpochReport]]:
+    """Train a `StyleClassifier` on labelled latents and return it (frozen, eval mode) with its history.
+
+    Args:
+        latents: `[M, C, H, W]` clean latents (as the VAE encodes them, model-scaled).
+        labels: `[M]` integer class indices into `class_names`; every class needs 2+ examples.
+        sigma_min, sigma_max: the training noise range.
+        epochs, batch_size: optimisation length; Adam at `LEARNING_RATE`.
+        validation_fraction: share of every class held out for validation, in (0, 1).
+        seed: fixes the split, the initial weights, the batches and the noise.
+        on_epoch: called after every epoch as `on_epoch(epoch, train_accuracy, validation_accuracy, loss)`
+            (epoch counts from 1, accuracies are fractions, train accuracy is on the noisy batches).
+        should_stop: polled before every batch; when it returns True, `TrainingInterrupted` is raised.
+
+    Safe to call from a ComfyUI node: it trains under `torch.inference_mode(False)` and
+    `torch.enable_grad()` on a copy of the inputs. The final figures go into `model.metadata`.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        latents = latents.detach().clone().float()
+        labels = labels.detach().clone().long()
+        _check_training_inputs(latents, labels, class_names, epochs, batch_size, validation_fraction)
+        model = _initial_model(latents, class_names, sigma_min, sigma_max, seed)
+        generator = torch.Generator().manual_seed(seed)
+        training, clean_validation = _stratified_split(latents, labels, validation_fraction, generator)
+        noisy_validation = _noisy_copy(clean_validation, sigma_min, math.sqrt(sigma_min * sigma_max), generator)
+        optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+        history = []
+        for epoch in range(1, epochs + 1):
+            epoch_batches = _batches(training, batch_size, sigma_min, sigma_max, generator)
+            loss, train_accuracy = _train_epoch(model, optimiser, epoch_batches, epoch, should_stop)
+            report = EpochReport(epoch, loss, train_accuracy, _accuracy(model, noisy_validation),
+                                 _accuracy(model, clean_validation))
+            history.append(report)
+            if on_epoch is not None:
+                on_epoch(epoch, report.train_accuracy, report.validation_accuracy, report.loss)
+    _finalise(model, history[-1])
+    return model, history
+
+
+def _check_training_inputs(latents: Tensor, labels: Tensor, class_names: Sequence[str], epochs: int,
+                           batch_size: int, validation_fraction: float) -> None:
+    if latents.dim() != 4:
+        raise ValueError(f"Training latents must be shaped [count, channels, height, width], got {tuple(latents.shape)}.")
+    if labels.shape != latents.shape[:1]:
+        raise ValueError(f"Expected one label per latent ({latents.shape[0]}), got labels shaped {tuple(labels.shape)}.")
+    if not torch.isfinite(latents).all():
+        raise ValueError("The training latents contain NaN or infinite values.")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ValueError(f"Labels must be class indices from 0 to {len(class_names) - 1}.")
+    counts = torch.bincount(labels, minlength=len(class_names))
+    for name, count in zip(class_names, counts.tolist()):
+        if count < 2:
+            raise ValueError(f"The style {name!r} has {count} example(s); every style needs at least 2 "
+                             "(one to train on, one to validate).")
+    check_whole_number("number of epochs", epochs, minimum=1)
+    check_whole_number("batch size", batch_size, minimum=1)
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"The validation fraction must be between 0 and 1, got {validation_fraction}.")
+
+
+def _stratified_split(latents: Tensor, labels: Tensor, validation_fraction: float,
+                      generator: torch.Generator) -> tuple[_LabelledLatents, _LabelledLatents]:
+    """Training and validation sets holding out `validation_fraction` of every class (at least one)."""
+    training_indices, validation_indices = [], []
+    for label in labels.unique().tolist():
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(members.numel(), generator=generator)]
+        held_out = min(max(round(validation_fraction * members.numel()), 1), members.numel() - 1)
+        validation_indices.append(members[:held_out])
+        training_indices.append(members[held_out:])
+    training, validation = torch.cat(training_indices), torch.cat(validation_indices)
+    return (_LabelledLatents(latents[training], labels[training]),
+            _LabelledLatents(latents[validation], labels[validation]))
+
+
+def _log_uniform(count: int, sigma_min: float, sigma_max: float, generator: torch.Generator) -> Tensor:
+    """`[count]` noise levels log-uniform in `[sigma_min, sigma_max]`."""
+    log_min, log_max = math.log(sigma_min), math.log(sigma_max)
+    return torch.exp(log_min + (log_max - log_min) * torch.rand(count, generator=generator))
+
+
+def _noisy_copy(clean: _LabelledLatents, sigma_min: float, sigma_max: float,
+                generator: torch.Generator) -> _LabelledLatents:
+    """`clean` with Gaussian noise of log-uniform std in `[sigma_min, sigma_max]` added to each latent."""
+    sigma = _log_uniform(clean.labels.numel(), sigma_min, sigma_max, generator).to(clean.latents)
+    noise = torch.randn(clean.latents.shape, generator=generator).to(clean.latents)
+    return _LabelledLatents(clean.latents + sigma[:, None, None, None] * noise, clean.labels, sigma)
+
+
+def _batches(training: _LabelledLatents, batch_size: int, sigma_min: float, sigma_max: float,
+             generator: torch.Generator) -> Iterator[_LabelledLatents]:
+    """One epoch of shuffled training batches, noised one batch at a time."""
+    order = torch.randperm(training.labels.numel(), generator=generator)
+    for start in range(0, order.numel(), batch_size):
+        members = order[start:start + batch_size]
+        clean = _LabelledLatents(training.latents[members], training.labels[members])
+        yield _noisy_copy(clean, sigma_min, sigma_max, generator)
+
+
+def _initial_model(latents: Tensor, class_names: Sequence[str], sigma_min: float, sigma_max: float,
+                   seed: int) -> StyleClassifier:
+    """A freshly initialised classifier whose weights depend only on `seed` (global RNG left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = StyleClassifier(latents.shape[1], class_names, sigma_min=sigma_min, sigma_max=sigma_max)
+    return model.to(latents.device).train()
+
+
+def _train_epoch(model: StyleClassifier, optimiser: torch.optim.Optimizer, batches: Iterable[_LabelledLatents],
+                 epoch: int, should_stop: Callable[[], bool] | None) -> tuple[float, float]:
+    """Run one epoch; returns the mean weighted loss and the accuracy on the noisy training batches."""
+    total_loss, correct, seen = 0.0, 0, 0
+    for batch in batches:
+        if should_stop is not None and should_stop():
+            raise TrainingInterrupted(f"Style classifier training was stopped during epoch {epoch}.")
+        logits = model.classify(batch.latents, batch.sigma)
+        weights = 1 / (1 + batch.sigma**2)
+        loss = (weights * F.cross_entropy(logits, batch.labels, reduction="none")).sum() / weights.sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        total_loss += loss.item() * batch.labels.numel()
+        correct += (logits.argmax(dim=1) == batch.labels).sum().item()
+        seen += batch.labels.numel()
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def _accuracy(model: StyleClassifier, dataset: _LabelledLatents) -> float:
+    """Fraction of `dataset` the model classifies correctly (evaluated in chunks)."""
+    correct = 0
+    for start in range(0, dataset.labels.numel(), EVALUATION_BATCH_SIZE):
+        chunk = slice(start, start + EVALUATION_BATCH_SIZE)
+        sigma = None if dataset.sigma is None else dataset.sigma[chunk]
+        predictions = model.classify(dataset.latents[chunk], sigma).argmax(dim=1)
+        correct += (predictions == dataset.labels[chunk]).sum().item()
+    return correct / dataset.labels.numel()
+
+
+def _finalise(model: StyleClassifier, last: EpochReport) -> None:
+    """Freeze the model for use as an embedder and record its final figures in its metadata."""
+    model.eval().requires_grad_(False)
+    model.metadata.update({
+        "epochs": str(last.epoch),
+        "validation_accuracy": f"{last.validation_accuracy:.4f}",
+        "clean_validation_accuracy": f"{last.clean_validation_accuracy:.4f}",
+    })
