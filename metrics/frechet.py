@@ -81,7 +81,11 @@ def ledoit_wolf_shrinkage(features) -> float:
     if dispersion == 0:
         return 0.0
     fourth_moment = centred.square().sum(dim=1).square().sum() / sample_count
-    estimation_error = (fourth_moment - covariance.square().sum()) / (sample_count * feature_count)
+    error_excess = fourth_moment - covariance.square().sum()
+    # Exactly 0 for two samples; keep round-off from reporting a shrinkage of 1e-16.
+    if error_excess <= fourth_moment * torch.finfo(centred.dtype).eps * feature_count:
+        return 0.0
+    estimation_error = error_excess / (sample_count * feature_count)
     return float(torch.clamp(estimation_error / dispersion, 0.0, 1.0))
 
 
@@ -118,10 +122,20 @@ def _trace_sqrt_product(covariance_a: torch.Tensor, covariance_b: torch.Tensor) 
     root_a = _psd_sqrt(covariance_a)
     product = root_a @ covariance_b @ root_a
     eigenvalues = torch.linalg.eigvalsh((product + product.T) / 2)
-    return eigenvalues.clamp_min(0.0).sqrt().sum()
+    return _without_round_off(eigenvalues).sqrt().sum()
 
 
 def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric PSD matrix; round-off negative eigenvalues count as 0."""
+    """Symmetric square root of a symmetric PSD matrix `[F, F]`."""
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    return (eigenvectors * eigenvalues.clamp_min(0.0).sqrt()) @ eigenvectors.T
+    return (eigenvectors * _without_round_off(eigenvalues).sqrt()) @ eigenvectors.T
+
+
+def _without_round_off(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """PSD eigenvalues with those at round-off level (|lambda| <= F eps max|lambda|) set to exactly 0.
+
+    A singular covariance has eigenvalues that are 0 in exact arithmetic but come out as +-1e-16;
+    their square roots (~1e-8) would otherwise add noise far above float64 precision.
+    """
+    cutoff = eigenvalues.abs().max() * eigenvalues.numel() * torch.finfo(eigenvalues.dtype).eps
+    return torch.where(eigenvalues > cutoff, eigenvalues, torch.zeros_like(eigenvalues))

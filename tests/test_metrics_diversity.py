@@ -15,6 +15,14 @@ from particle_repulsion.metrics import (
     vendi_score_from_similarity,
 )
 
+# vendi-score 0.0.3 touches a SciPy namespace deprecated since SciPy 1.8; not our concern here.
+pytestmark = pytest.mark.filterwarnings("ignore:Please import `csr_matrix`:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
 
 @pytest.mark.parametrize("sample_count,feature_count", [(2, 3), (7, 5), (12, 40), (30, 4)])
 def test_vendi_matches_the_vendi_score_package(sample_count, feature_count):
