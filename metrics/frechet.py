@@ -13,9 +13,16 @@ singular and a poor estimate. By default ("auto") such a covariance is replaced 
 estimate `(1 - s) C + s (tr(C) / F) I`, a blend with a scaled identity of the same trace, with the
 intensity `s` in [0, 1] chosen by the Ledoit-Wolf (2004) formula. The intensities used are reported
 in `FrechetResult`, so a shrunk distance is never mistaken for a plain one.
+
+Cost: no F x F matrix is formed when the sets are small. Both covariances are `w X^T X + c I`
+(X the centred samples), so they map the span of all samples (dimension r < N + M) to itself and
+are the scaled identities `c I` on its complement; the trace term splits exactly into an r x r
+problem plus `(F - r) sqrt(c_a c_b)`. 16 images against 64 in 2048 Inception dimensions take
+milliseconds instead of seconds.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,53 +60,95 @@ def frechet_distance(features_a, features_b, *, shrinkage: str | float | None = 
             f"Both sets need the same features: the generated set has {matrix_a.shape[1]} per image, "
             f"the reference set {matrix_b.shape[1]}. Use the same feature extractor for both."
         )
-    covariance_a, shrinkage_a = _covariance(matrix_a, shrinkage)
-    covariance_b, shrinkage_b = _covariance(matrix_b, shrinkage)
-    mean_gap = matrix_a.mean(dim=0) - matrix_b.mean(dim=0)
-    distance = (
-        mean_gap.square().sum()
-        + covariance_a.trace()
-        + covariance_b.trace()
-        - 2.0 * _trace_sqrt_product(covariance_a, covariance_b)
+    fit_a = _fit_gaussian(matrix_a, shrinkage)
+    fit_b = _fit_gaussian(matrix_b, shrinkage)
+    coordinates_a, coordinates_b = _sample_space_coordinates(fit_a.centred, fit_b.centred)
+    complement_size = matrix_a.shape[1] - coordinates_a.shape[1]
+    trace_sqrt_product = (
+        _trace_sqrt_product(fit_a.restricted_covariance(coordinates_a), fit_b.restricted_covariance(coordinates_b))
+        + complement_size * math.sqrt(fit_a.ridge * fit_b.ridge)
     )
-    return FrechetResult(float(distance.clamp_min(0.0)), shrinkage_a, shrinkage_b)
+    distance = (fit_a.mean - fit_b.mean).square().sum() + fit_a.trace() + fit_b.trace() - 2.0 * trace_sqrt_product
+    return FrechetResult(float(distance.clamp_min(0.0)), fit_a.shrinkage, fit_b.shrinkage)
 
 
 def ledoit_wolf_shrinkage(features) -> float:
     """Ledoit-Wolf (2004) shrinkage intensity in [0, 1] for the covariance of `features` `[N, F]`.
 
-    The optimal weight `s` of the scaled identity in `(1 - s) C + s mu I` (mu = tr(C) / F) under
-    the Frobenius loss, estimated from the samples; 0 when the covariance is already a multiple
-    of the identity or all samples coincide.
+    The optimal weight `s` of the scaled identity in `(1 - s) S + s mu I` (S the maximum-likelihood
+    covariance, mu = tr(S) / F) under the Frobenius loss, estimated from the samples; 0 when S is
+    already a multiple of the identity or all samples coincide.
     """
     centred = _centred(feature_matrix(features))
     sample_count, feature_count = centred.shape
-    covariance = centred.T @ centred / sample_count
-    mean_variance = covariance.trace() / feature_count
-    identity = torch.eye(feature_count, dtype=centred.dtype)
-    dispersion = (covariance - mean_variance * identity).square().sum() / feature_count
-    if dispersion == 0:
-        return 0.0
-    fourth_moment = centred.square().sum(dim=1).square().sum() / sample_count
-    error_excess = fourth_moment - covariance.square().sum()
-    # Exactly 0 for two samples; keep round-off from reporting a shrinkage of 1e-16.
-    if error_excess <= fourth_moment * torch.finfo(centred.dtype).eps * feature_count:
+    squared_norms = centred.square().sum(dim=1)
+    mean_variance = squared_norms.sum() / (sample_count * feature_count)
+    # |S|_F^2 from whichever Gram matrix is smaller: X X^T and X^T X share their Frobenius norm.
+    gram = centred @ centred.T if sample_count <= feature_count else centred.T @ centred
+    covariance_norm = gram.square().sum() / sample_count**2
+    dispersion = (covariance_norm - mean_variance**2 * feature_count) / feature_count
+    fourth_moment = squared_norms.square().sum() / sample_count
+    error_excess = fourth_moment - covariance_norm
+    # Both are exactly 0 in degenerate cases (isotropic S; two samples): ignore their round-off.
+    round_off = fourth_moment * torch.finfo(centred.dtype).eps * feature_count
+    if dispersion <= round_off / feature_count or error_excess <= round_off:
         return 0.0
     estimation_error = error_excess / (sample_count * feature_count)
     return float(torch.clamp(estimation_error / dispersion, 0.0, 1.0))
 
 
-def _covariance(matrix: torch.Tensor, shrinkage: str | float | None) -> tuple[torch.Tensor, float]:
-    """Unbiased covariance `[F, F]` of `matrix` `[N, F]`, shrunk as `shrinkage` asks, and the intensity used."""
+@dataclass(frozen=True)
+class _GaussianFit:
+    """A feature set's mean `[F]` and covariance `weight * X^T X + ridge * I`, X its centred samples `[N, F]`.
+
+    Kept factored so that no F x F matrix is needed when N is much smaller than F.
+    """
+
+    mean: torch.Tensor
+    centred: torch.Tensor
+    weight: float
+    ridge: float
+    shrinkage: float
+
+    def trace(self) -> torch.Tensor:
+        return self.weight * self.centred.square().sum() + self.ridge * self.centred.shape[1]
+
+    def restricted_covariance(self, coordinates: torch.Tensor) -> torch.Tensor:
+        """The covariance `[r, r]` on a subspace holding all samples, given their `coordinates` `[N, r]`
+        in an orthonormal basis of it."""
+        identity = torch.eye(coordinates.shape[1], dtype=coordinates.dtype)
+        return self.weight * coordinates.T @ coordinates + self.ridge * identity
+
+
+def _fit_gaussian(matrix: torch.Tensor, shrinkage: str | float | None) -> _GaussianFit:
+    """Mean and unbiased (1 / (N - 1)) covariance of `matrix` `[N, F]`, shrunk as `shrinkage` asks."""
     centred = _centred(matrix)
     sample_count, feature_count = centred.shape
-    covariance = centred.T @ centred / (sample_count - 1)
     intensity = _shrinkage_intensity(matrix, shrinkage)
-    if intensity == 0:
-        return covariance, 0.0
-    mean_variance = covariance.trace() / feature_count
-    identity = torch.eye(feature_count, dtype=covariance.dtype)
-    return (1.0 - intensity) * covariance + intensity * mean_variance * identity, intensity
+    mean_variance = float(centred.square().sum()) / ((sample_count - 1) * feature_count)
+    return _GaussianFit(
+        mean=matrix.mean(dim=0),
+        centred=centred,
+        weight=(1.0 - intensity) / (sample_count - 1),
+        ridge=intensity * mean_variance,
+        shrinkage=intensity,
+    )
+
+
+def _sample_space_coordinates(centred_a: torch.Tensor, centred_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets' samples `[N, F]`, `[M, F]` in one orthonormal basis of the span of all of them.
+
+    Returns `[N, r]` and `[M, r]` with r the rank of the N + M samples. From the (N + M)-square Gram
+    matrix `X X^T = V L V^T`: with X = U S W^T, the coordinates X W are U S = V L^1/2, so the
+    basis W (`[F, r]`) is never formed. When N + M >= F the standard basis is the cheaper one.
+    """
+    samples = torch.cat([centred_a, centred_b])
+    if samples.shape[0] >= samples.shape[1]:
+        return centred_a, centred_b
+    eigenvalues, eigenvectors = torch.linalg.eigh(samples @ samples.T)
+    kept = _without_round_off(eigenvalues) > 0
+    coordinates = eigenvectors[:, kept] * eigenvalues[kept].sqrt()
+    return coordinates[: centred_a.shape[0]], coordinates[centred_a.shape[0] :]
 
 
 def _shrinkage_intensity(matrix: torch.Tensor, shrinkage: str | float | None) -> float:
@@ -118,7 +167,7 @@ def _centred(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _trace_sqrt_product(covariance_a: torch.Tensor, covariance_b: torch.Tensor) -> torch.Tensor:
-    """tr((C_a C_b)^1/2) as tr((C_a^1/2 C_b C_a^1/2)^1/2) for symmetric PSD `[F, F]` inputs."""
+    """tr((C_a C_b)^1/2) as tr((C_a^1/2 C_b C_a^1/2)^1/2) for symmetric PSD `[r, r]` inputs."""
     root_a = _psd_sqrt(covariance_a)
     product = root_a @ covariance_b @ root_a
     eigenvalues = torch.linalg.eigvalsh((product + product.T) / 2)
@@ -126,16 +175,18 @@ def _trace_sqrt_product(covariance_a: torch.Tensor, covariance_b: torch.Tensor) 
 
 
 def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric PSD matrix `[F, F]`."""
+    """Symmetric square root of a symmetric PSD matrix `[r, r]`."""
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
     return (eigenvectors * _without_round_off(eigenvalues).sqrt()) @ eigenvectors.T
 
 
 def _without_round_off(eigenvalues: torch.Tensor) -> torch.Tensor:
-    """PSD eigenvalues with those at round-off level (|lambda| <= F eps max|lambda|) set to exactly 0.
+    """PSD eigenvalues with those at round-off level (|lambda| <= r eps max|lambda|) set to exactly 0.
 
     A singular covariance has eigenvalues that are 0 in exact arithmetic but come out as +-1e-16;
     their square roots (~1e-8) would otherwise add noise far above float64 precision.
     """
+    if eigenvalues.numel() == 0:  # an empty subspace: every sample equals its set's mean
+        return eigenvalues
     cutoff = eigenvalues.abs().max() * eigenvalues.numel() * torch.finfo(eigenvalues.dtype).eps
     return torch.where(eigenvalues > cutoff, eigenvalues, torch.zeros_like(eigenvalues))

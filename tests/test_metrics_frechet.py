@@ -59,6 +59,12 @@ def test_a_set_is_at_distance_zero_from_itself():
     assert frechet_distance(features, features).distance <= 1e-9 * scale
 
 
+@pytest.mark.parametrize("feature_count", [3, 50])
+def test_sets_without_spread_are_compared_by_their_means(feature_count):
+    set_a, set_b = torch.ones(30, feature_count), torch.full((40, feature_count), 3.0)
+    assert frechet_distance(set_a, set_b).distance == pytest.approx(4.0 * feature_count)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), count_a=st.integers(2, 12), count_b=st.integers(2, 12))
 def test_frechet_ignores_order_and_is_symmetric(seed, count_a, count_b):
@@ -91,6 +97,23 @@ def test_fewer_samples_than_features_shrinks_and_says_so():
         small_set.mean(0), shrunk_covariance, large_set.mean(0), np.cov(large_set, rowvar=False)
     )
     assert result.distance == pytest.approx(expected, rel=1e-6)
+
+
+def test_small_sets_in_many_dimensions_match_dense_references():
+    small_a = correlated_samples(9, 5, 40)
+    small_b = correlated_samples(10, 8, 40, offset=0.2)
+    shrunk = [ledoit_wolf(x)[0] * len(x) / (len(x) - 1) for x in (small_a, small_b)]
+    expected = scipy_frechet(small_a.mean(0), shrunk[0], small_b.mean(0), shrunk[1])
+    assert frechet_distance(small_a, small_b).distance == pytest.approx(expected, rel=1e-6)
+    # Unshrunk covariances X^T X / (n - 1) have rank < F: tr((C_a C_b)^1/2) is then the sum of the
+    # singular values of X_a X_b^T / sqrt((n - 1)(m - 1)) (same non-zero spectrum).
+    centred_a, centred_b = (x - x.mean(0) for x in (small_a, small_b))
+    cross = centred_a @ centred_b.T / np.sqrt((len(small_a) - 1) * (len(small_b) - 1))
+    traces = sum(np.sum(x**2) / (len(x) - 1) for x in (centred_a, centred_b))
+    mean_gap = np.sum((small_a.mean(0) - small_b.mean(0)) ** 2)
+    expected_unshrunk = mean_gap + traces - 2 * np.linalg.svd(cross, compute_uv=False).sum()
+    unshrunk = frechet_distance(small_a, small_b, shrinkage=None).distance
+    assert unshrunk == pytest.approx(expected_unshrunk, rel=1e-9)
 
 
 def test_shrinkage_can_be_forced_or_switched_off():
