@@ -46,18 +46,15 @@ def median_bandwidth(anchors: Tensor) -> Tensor:
     the force is zero anyway and a placeholder of 1 is returned. For an even number of pairs this is
     the lower of the two middle values.
     """
-    count = anchors.shape[0]
+    return _median_bandwidth_of_pairs(torch.pdist(anchors.detach()).square(), anchors.shape[0])
+
+
+def _median_bandwidth_of_pairs(pair_squared_distances: Tensor, count: int) -> Tensor:
+    """``median_bandwidth`` from the squared distances ``[count (count - 1) / 2]`` of distinct pairs."""
     if count < 2:
-        return torch.tensor(_COINCIDENT_BANDWIDTH, dtype=anchors.dtype, device=anchors.device)
-    pair_distances = torch.pdist(anchors.detach()).square()
-    positive_distances = pair_distances.masked_fill(pair_distances == 0, math.nan)
-    bandwidth = positive_distances.nanmedian() / math.log(count + 1)
-    return torch.nan_to_num(bandwidth, nan=_COINCIDENT_BANDWIDTH)
-
-
-def resolve_bandwidth(bandwidth: Bandwidth, anchors: Tensor) -> Tensor | float:
-    """The bandwidth h (squared feature distance) to use for these anchors ``[M, F]``."""
-    return median_bandwidth(anchors) if bandwidth == MEDIAN else float(bandwidth)
+        return pair_squared_distances.new_tensor(_COINCIDENT_BANDWIDTH)
+    positive = pair_squared_distances.masked_fill(pair_squared_distances == 0, math.nan)
+    return torch.nan_to_num(positive.nanmedian() / math.log(count + 1), nan=_COINCIDENT_BANDWIDTH)
 
 
 def safe_row_norms(matrix: Tensor) -> Tensor:
@@ -84,8 +81,17 @@ class _RadialKernel:
         _check_bandwidth(self.bandwidth)
 
     def __call__(self, features: Tensor, anchors: Tensor) -> Tensor:
-        scaled = squared_distances(features, anchors) / resolve_bandwidth(self.bandwidth, anchors)
-        return self.profile(scaled)
+        squared = squared_distances(features, anchors)
+        return self.profile(squared / self._resolve_bandwidth(features, anchors, squared))
+
+    def _resolve_bandwidth(self, features: Tensor, anchors: Tensor, squared: Tensor) -> Tensor | float:
+        """h in units of squared feature distance."""
+        if self.bandwidth != MEDIAN:
+            return float(self.bandwidth)
+        if _same_memory(features, anchors):  # the anchors' pair distances are already in `squared`
+            rows, columns = _upper_triangle_indices(anchors.shape[0], squared.device)
+            return _median_bandwidth_of_pairs(squared.detach()[rows, columns], anchors.shape[0])
+        return median_bandwidth(anchors)
 
     def profile(self, scaled_squared_distances: Tensor) -> Tensor:
         raise NotImplementedError
@@ -143,8 +149,12 @@ class _SquaredDistances(torch.autograd.Function):
     def forward(ctx, features: Tensor, anchors: Tensor) -> Tensor:
         # d^2 is translation invariant: centring keeps the backward's matmul products small.
         centre = anchors.mean(dim=0)
-        ctx.save_for_backward(features - centre, anchors - centre)
-        return _exact_distances(features, anchors).square()
+        centred_anchors = anchors - centre
+        if _same_memory(features, anchors):
+            ctx.save_for_backward(centred_anchors, centred_anchors)
+            return _square_form(torch.pdist(anchors), anchors.shape[0]).square()
+        ctx.save_for_backward(features - centre, centred_anchors)
+        return torch.cdist(features, anchors, compute_mode="donot_use_mm_for_euclid_dist").square()
 
     @staticmethod
     @once_differentiable
@@ -157,29 +167,30 @@ class _SquaredDistances(torch.autograd.Function):
 
 def _difference_vjp(weights: Tensor, rows: Tensor, others: Tensor) -> Tensor:
     """``sum_j weights_ij * 2 (rows_i - others_j)`` for every row i: ``[N, F]``."""
-    return 2 * (rows * weights.sum(dim=1, keepdim=True) - weights @ others)
-
-
-def _exact_distances(features: Tensor, anchors: Tensor) -> Tensor:
-    """Euclidean distances ``[N, M]`` from coordinate differences."""
-    if _same_memory(features, anchors):
-        # The repulsion passes anchors = features.detach(). pdist visits each pair once and is several
-        # times faster on CPU than cdist's difference path.
-        return _square_form(torch.pdist(anchors), anchors.shape[0])
-    return torch.cdist(features, anchors, compute_mode="donot_use_mm_for_euclid_dist")
+    return torch.addmm(rows * (2 * weights.sum(dim=1, keepdim=True)), weights, others, alpha=-2)
 
 
 def _same_memory(features: Tensor, anchors: Tensor) -> bool:
+    """Whether the anchors are the features themselves, as in the repulsion (anchors = features.detach()).
+
+    Then each pair's distance is computed once with pdist, several times faster on CPU than cdist's
+    difference path, and reused by the median bandwidth.
+    """
     return (features.data_ptr() == anchors.data_ptr() and features.shape == anchors.shape
             and features.stride() == anchors.stride() and features.dtype == anchors.dtype)
 
 
 def _square_form(pair_distances: Tensor, count: int) -> Tensor:
     """The symmetric ``[count, count]`` matrix of pdist's condensed upper triangle."""
-    rows, columns = torch.triu_indices(count, count, offset=1, device=pair_distances.device)
+    rows, columns = _upper_triangle_indices(count, pair_distances.device)
     matrix = pair_distances.new_zeros(count, count)
     matrix[rows, columns] = pair_distances
     return matrix + matrix.T
+
+
+def _upper_triangle_indices(count: int, device: torch.device) -> Tensor:
+    """Row and column indices ``[2, count (count - 1) / 2]`` of the pairs i < j, in pdist's order."""
+    return torch.triu_indices(count, count, offset=1, device=device)
 
 
 def _check_feature_pair(features: Tensor, anchors: Tensor) -> None:

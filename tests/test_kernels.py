@@ -91,6 +91,12 @@ def test_gradient_is_the_same_whether_anchors_share_the_features_memory():
     torch.testing.assert_close(shared, copied)
 
 
+@pytest.mark.parametrize("kernel", [RBFKernel(), IMQKernel()], ids=["rbf", "imq"])
+def test_median_kernel_is_the_same_whether_anchors_share_the_features_memory(kernel):
+    features = torch.randn(6, 7, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    torch.testing.assert_close(kernel(features, features.detach()), kernel(features, features.detach().clone()))
+
+
 @pytest.mark.parametrize("count", [3, 6])  # 3 and 15 pairs: an odd count, so the median is unambiguous
 def test_median_bandwidth_is_median_pair_distance_over_log_count(count):
     points = np.random.default_rng(count).normal(size=(count, 4))
