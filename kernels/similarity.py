@@ -50,7 +50,7 @@ def median_bandwidth(anchors: Tensor) -> Tensor:
 
 
 def _median_bandwidth_of_pairs(pair_squared_distances: Tensor, count: int) -> Tensor:
-    """``median_bandwidth`` from the squared distances ``[count (count - 1) / 2]`` of distinct pairs."""
+    """``median_bandwidth`` from the squared distances ``[P]`` of the distinct pairs of ``count`` anchors."""
     if count < 2:
         return pair_squared_distances.new_tensor(_COINCIDENT_BANDWIDTH)
     positive = pair_squared_distances.masked_fill(pair_squared_distances == 0, math.nan)
@@ -88,9 +88,10 @@ class _RadialKernel:
         """h in units of squared feature distance."""
         if self.bandwidth != MEDIAN:
             return float(self.bandwidth)
-        if _same_memory(features, anchors):  # the anchors' pair distances are already in `squared`
-            rows, columns = _upper_triangle_indices(anchors.shape[0], squared.device)
-            return _median_bandwidth_of_pairs(squared.detach()[rows, columns], anchors.shape[0])
+        if _same_memory(features, anchors):
+            # The anchors' pair distances are already in `squared`, each pair twice: the lower median
+            # of a list with every value doubled is that of the list (the zero diagonal is skipped).
+            return _median_bandwidth_of_pairs(squared.detach().flatten(), anchors.shape[0])
         return median_bandwidth(anchors)
 
     def profile(self, scaled_squared_distances: Tensor) -> Tensor:
@@ -182,15 +183,10 @@ def _same_memory(features: Tensor, anchors: Tensor) -> bool:
 
 def _square_form(pair_distances: Tensor, count: int) -> Tensor:
     """The symmetric ``[count, count]`` matrix of pdist's condensed upper triangle."""
-    rows, columns = _upper_triangle_indices(count, pair_distances.device)
+    rows, columns = torch.triu_indices(count, count, offset=1, device=pair_distances.device)
     matrix = pair_distances.new_zeros(count, count)
     matrix[rows, columns] = pair_distances
     return matrix + matrix.T
-
-
-def _upper_triangle_indices(count: int, device: torch.device) -> Tensor:
-    """Row and column indices ``[2, count (count - 1) / 2]`` of the pairs i < j, in pdist's order."""
-    return torch.triu_indices(count, count, offset=1, device=device)
 
 
 def _check_feature_pair(features: Tensor, anchors: Tensor) -> None:
