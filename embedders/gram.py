@@ -26,7 +26,10 @@ class GramEmbedder(Embedder):
     def __init__(self, inner: Embedder) -> None:
         super().__init__(latent_channels=inner.latent_channels, minimum_size=inner.minimum_size)
         self.inner = inner
-        self.title = f"{inner.title} (Gram)"
+
+    @property
+    def title(self) -> str:
+        return f"{self.inner.title} (Gram)"
 
     def embed(self, latents: Tensor, sigma: Tensor | None) -> Tensor:
         features = self.inner.embed_map(latents, sigma).flatten(2)

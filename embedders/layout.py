@@ -68,7 +68,8 @@ class RuleOfThirdsEmbedder(WeightMapEmbedder):
     Needs latents of at least 3x3.
     """
 
-    description = "Rule-of-thirds composition: what sits in the left, centre and right thirds and the top, middle and bottom thirds."
+    description = ("Rule-of-thirds composition: what sits in the left, centre and right thirds and the top, "
+                   "middle and bottom thirds.")
     title = "rule of thirds"
     map_count = 12
 
@@ -95,7 +96,8 @@ class EdgesEmbedder(WeightMapEmbedder):
     Needs latents of at least 2x2.
     """
 
-    description = "Light and colour gradients across the image: left against right, top against bottom, and along both diagonals."
+    description = ("Light and colour gradients across the image: left against right, top against bottom, "
+                   "and along both diagonals.")
     title = "edges"
     map_count = 4
 

@@ -49,8 +49,8 @@ class StyleClassifier(Embedder):
 
     def __init__(self, latent_channels: int, class_names: Sequence[str], *, sigma_min: float,
                  sigma_max: float, metadata: Mapping[str, str] | None = None) -> None:
-        _check_class_names(class_names)
-        _check_sigma_range(sigma_min, sigma_max)
+        check_class_names(class_names)
+        check_sigma_range(sigma_min, sigma_max)
         super().__init__(latent_channels=latent_channels)
         self.class_names = tuple(class_names)
         self.sigma_min = float(sigma_min)
@@ -84,7 +84,8 @@ class StyleClassifier(Embedder):
     def classify(self, latents: Tensor, sigma: Tensor | None = None) -> Tensor:
         """Class logits `[N, classes]` of latents `[N, C, H, W]` at noise level `sigma`."""
         features = self(latents, sigma)
-        return F.linear(features, cast_like(self.classifier.weight, features), cast_like(self.classifier.bias, features))
+        weight, bias = cast_like(self.classifier.weight, features), cast_like(self.classifier.bias, features)
+        return F.linear(features, weight, bias)
 
     def feature_size(self, channels: int, height: int, width: int) -> int:
         return STYLE_FEATURES
@@ -111,7 +112,8 @@ class StyleClassifier(Embedder):
         return (sigma.log() - (log_min + log_max) / 2) / half_range
 
 
-def _check_class_names(class_names: Sequence[str]) -> None:
+def check_class_names(class_names: Sequence[str]) -> None:
+    """Raise ValueError unless there are two or more distinct, non-empty style names."""
     names = list(class_names)
     if len(names) < 2:
         raise ValueError(f"A style classifier needs at least two styles (classes), got {len(names)}.")
@@ -121,7 +123,8 @@ def _check_class_names(class_names: Sequence[str]) -> None:
         raise ValueError(f"The style (class) names must be different from each other, got {names!r}.")
 
 
-def _check_sigma_range(sigma_min: float, sigma_max: float) -> None:
+def check_sigma_range(sigma_min: float, sigma_max: float) -> None:
+    """Raise ValueError unless `0 < sigma_min <= sigma_max < inf`."""
     if not 0 < sigma_min <= sigma_max < float("inf"):
         raise ValueError(
             f"The noise range needs 0 < sigma_min <= sigma_max (finite); got sigma_min={sigma_min}, "

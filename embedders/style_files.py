@@ -56,6 +56,17 @@ def save_style_embedder(path: str | os.PathLike, model: StyleClassifier, metadat
     "latent_format" (e.g. "SD15", "SDXL", "Flux"). The file is written next to `path` and then moved
     into place, so an interrupted save never leaves a half-written style embedder behind.
     """
+    tensors = {key: tensor.detach().to("cpu", torch.float32).contiguous() for key, tensor in model.state_dict().items()}
+    partial_path = Path(f"{os.fspath(path)}.partial")
+    try:
+        save_file(tensors, str(partial_path), metadata=_file_metadata(model, metadata))
+        os.replace(partial_path, path)
+    finally:
+        partial_path.unlink(missing_ok=True)
+
+
+def _file_metadata(model: StyleClassifier, metadata: Mapping[str, object]) -> dict[str, str]:
+    """The string metadata of `model`'s file: its structure plus its descriptive metadata updated by `metadata`."""
     descriptive = {**model.metadata, **{key: str(value) for key, value in metadata.items()}}
     reserved = sorted(set(descriptive) & set(_STRUCTURAL_KEYS))
     if reserved:
@@ -71,10 +82,7 @@ def save_style_embedder(path: str | os.PathLike, model: StyleClassifier, metadat
         "sigma_min": repr(model.sigma_min),
         "sigma_max": repr(model.sigma_max),
     }
-    tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in model.state_dict().items()}
-    partial_path = Path(f"{os.fspath(path)}.partial")
-    save_file(tensors, str(partial_path), metadata={**descriptive, **structural})
-    os.replace(partial_path, path)
+    return {**descriptive, **structural}
 
 
 def load_style_embedder(path: str | os.PathLike, expected_channels: int | None = None) -> StyleClassifier:

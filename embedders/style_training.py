@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import check_whole_number
-from .style_classifier import StyleClassifier
+from .style_classifier import StyleClassifier, check_class_names, check_sigma_range
 
 LEARNING_RATE = 3e-3
 EVALUATION_BATCH_SIZE = 256
@@ -72,6 +72,8 @@ def train_style_classifier(
     with torch.inference_mode(False), torch.enable_grad():
         latents = latents.detach().clone().float()
         labels = labels.detach().clone().long()
+        check_class_names(class_names)
+        check_sigma_range(sigma_min, sigma_max)
         _check_training_inputs(latents, labels, class_names, epochs, batch_size, validation_fraction)
         model = _initial_model(latents, class_names, sigma_min, sigma_max, seed)
         generator = torch.Generator().manual_seed(seed)
@@ -94,9 +96,11 @@ def train_style_classifier(
 def _check_training_inputs(latents: Tensor, labels: Tensor, class_names: Sequence[str], epochs: int,
                            batch_size: int, validation_fraction: float) -> None:
     if latents.dim() != 4:
-        raise ValueError(f"Training latents must be shaped [count, channels, height, width], got {tuple(latents.shape)}.")
+        raise ValueError("Training latents must be shaped [count, channels, height, width], "
+                         f"got {tuple(latents.shape)}.")
     if labels.shape != latents.shape[:1]:
-        raise ValueError(f"Expected one label per latent ({latents.shape[0]}), got labels shaped {tuple(labels.shape)}.")
+        raise ValueError(f"Expected one label per latent ({latents.shape[0]}), "
+                         f"got labels shaped {tuple(labels.shape)}.")
     if not torch.isfinite(latents).all():
         raise ValueError("The training latents contain NaN or infinite values.")
     if labels.numel() and (labels.min() < 0 or labels.max() >= len(class_names)):

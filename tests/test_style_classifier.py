@@ -87,7 +87,8 @@ def test_sigma_is_clamped_to_the_training_range_and_none_means_clean():
     classifier = make_classifier()
     latents = random_latents(4, 8, 8)
     torch.testing.assert_close(classifier(latents, None), classifier(latents, torch.full((3,), SIGMA_MIN)))
-    torch.testing.assert_close(classifier(latents, torch.full((3,), 1e4)), classifier(latents, torch.full((3,), SIGMA_MAX)))
+    at_max = classifier(latents, torch.full((3,), SIGMA_MAX))
+    torch.testing.assert_close(classifier(latents, torch.full((3,), 1e4)), at_max)
 
 
 def test_one_sigma_serves_the_whole_batch_and_a_wrong_count_is_refused():
@@ -205,8 +206,10 @@ def test_loader_rejects_damaged_metadata(saved_file, tmp_path):
 
 def test_loader_rejects_missing_tensors(saved_file, tmp_path):
     path, _ = saved_file
-    without_head = rewrite(path, tmp_path / "missing.safetensors",
-                           tensors=lambda tensors: {k: v for k, v in tensors.items() if not k.startswith("classifier.")})
+    def drop_head(tensors):
+        return {key: tensor for key, tensor in tensors.items() if not key.startswith("classifier.")}
+
+    without_head = rewrite(path, tmp_path / "missing.safetensors", tensors=drop_head)
     with pytest.raises(StyleEmbedderError, match="missing classifier.weight"):
         load_style_embedder(without_head)
 
