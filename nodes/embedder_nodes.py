@@ -1,7 +1,7 @@
 """Nodes that produce an EMBEDDER: where a repulsion node measures similarity."""
 from __future__ import annotations
 
-from ..embedders import EMBEDDER_NAMES
+from ..embedders import EMBEDDER_DESCRIPTIONS, EMBEDDER_NAMES
 from .embedder_recipes import BuiltinEmbedderRecipe
 
 CATEGORY = "particle_repulsion/embedders"
@@ -10,10 +10,8 @@ CATEGORY = "particle_repulsion/embedders"
 class RepulsionEmbedder:
     """Choose one of the pack's built-in embedders."""
 
-    DESCRIPTION = ("Chooses the space in which the images of a batch are compared and pushed apart. "
-                   "latent: everything (weak, high-dimensional); channel_mean: overall colour/tone; "
-                   "pooled_grid: coarse layout; rule_of_thirds: composition along the thirds; edges: where the "
-                   "mass of the image sits; random_cnn: generic texture and shape; latent_rgb: colour layout.")
+    DESCRIPTION = "Chooses the space in which the images of a batch are compared and pushed apart.\n" + "\n".join(
+        f"{name}: {description}" for name, description in EMBEDDER_DESCRIPTIONS.items())
     CATEGORY = CATEGORY
     RETURN_TYPES = ("EMBEDDER",)
     OUTPUT_TOOLTIPS = ("Plug into any repulsion node's embedder input.",)
@@ -25,9 +23,11 @@ class RepulsionEmbedder:
             "embedder": (list(EMBEDDER_NAMES), {"default": "latent",
                                                 "tooltip": "What the repulsion makes diverse (see the node's description)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffff,
-                             "tooltip": "Seed of the random CNN's weights (fixed for the whole run). Other embedders ignore it."}),
+                             "tooltip": "Seed of the random CNN's weights (fixed for the whole run). "
+                                        "Other embedders ignore it."}),
             "grid_size": ("INT", {"default": 4, "min": 1, "max": 32,
-                                  "tooltip": "Cells per side for pooled_grid and latent_rgb. Other embedders ignore it."}),
+                                  "tooltip": "Cells per side of the pooled grid of pooled_grid, random_cnn(_gram) and latent_rgb. "
+                                             "Other embedders ignore it."}),
         }}
 
     def choose(self, embedder, seed, grid_size):
