@@ -1,4 +1,5 @@
 """Every node the pack exports. IDs carry the `ParticleRepulsion` prefix and never change once shipped."""
+from .contextual import ContextualRepulsion
 from .embedder_nodes import RepulsionEmbedder
 from .sampler_nodes import RepulsionModelPatch, RepulsiveKSampler, RepulsiveSampler
 
@@ -7,6 +8,7 @@ NODES = {
     "ParticleRepulsionSampler": (RepulsiveSampler, "Repulsive Sampler"),
     "ParticleRepulsionModelPatch": (RepulsionModelPatch, "Repulsion (Model Patch)"),
     "ParticleRepulsionEmbedder": (RepulsionEmbedder, "Repulsion Embedder"),
+    "ParticleRepulsionContextual": (ContextualRepulsion, "Contextual Repulsion (Flux/SD3)"),
 }
 
 NODE_CLASS_MAPPINGS = {node_id: node_class for node_id, (node_class, _) in NODES.items()}
