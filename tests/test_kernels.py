@@ -291,6 +291,7 @@ def test_works_inside_comfyui_style_gradient_free_contexts(context):
     expected = repulsion_force(latents(3, seed=11), EMBEDDERS["conv"], RBFKernel())
     with context():
         batch = latents(3, seed=11)
+        assert batch.is_inference() == (context is torch.inference_mode)
         force = repulsion_force(batch, EMBEDDERS["conv"], RBFKernel())
     torch.testing.assert_close(force, expected)
 
