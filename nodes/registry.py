@@ -1,6 +1,7 @@
 """Every node the pack exports. IDs carry the `ParticleRepulsion` prefix and never change once shipped."""
 from .contextual import ContextualRepulsion
 from .embedder_nodes import RepulsionEmbedder
+from .metric_nodes import DiversityCompare, DiversityMetric
 from .sampler_nodes import RepulsionModelPatch, RepulsiveKSampler, RepulsiveSampler
 
 NODES = {
@@ -8,6 +9,8 @@ NODES = {
     "ParticleRepulsionSampler": (RepulsiveSampler, "Repulsive Sampler"),
     "ParticleRepulsionModelPatch": (RepulsionModelPatch, "Repulsion (Model Patch)"),
     "ParticleRepulsionEmbedder": (RepulsionEmbedder, "Repulsion Embedder"),
+    "ParticleRepulsionDiversityMetric": (DiversityMetric, "Diversity Metric"),
+    "ParticleRepulsionDiversityCompare": (DiversityCompare, "Diversity Compare"),
     "ParticleRepulsionContextual": (ContextualRepulsion, "Contextual Repulsion (Flux/SD3)"),
 }
 
