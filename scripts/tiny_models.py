@@ -130,7 +130,75 @@ def ensure(model: TinyModel) -> Path:
     return path
 
 
-ALL_MODELS = (TINY_SD15,)
+# SD3-architecture MMDiT (comfy.ldm.modules.diffusionmodules.mmdit) with its free sizes shrunk. ComfyUI's
+# detection reads depth from x_embedder (hidden size = 64 * depth, one head per 64 channels), the context
+# and pooled widths from context_embedder and y_embedder: 768 lets it take the tiny SD1.5 checkpoint's
+# CLIP-L conditioning directly. No pos_embed: the sin-cos table is computed for any size.
+TINY_SD3_MMDIT = {
+    "input_size": None, "patch_size": 2, "in_channels": 16, "out_channels": 16, "depth": 4,
+    "adm_in_channels": 768, "qk_norm": "rms", "pos_embed_scaling_factor": None,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 768, "out_features": 256}},
+}
+
+
+def sd3_layout() -> dict[str, torch.Size]:
+    """Key -> shape of an SD3-format diffusion model file (no prefix, as UNETLoader reads it)."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    with torch.device("meta"):
+        mmdit = MMDiT(**TINY_SD3_MMDIT, operations=comfy.ops.disable_weight_init)
+    return meta_state_shapes(mmdit, "")
+
+
+TINY_SD3 = TinyModel("particle-repulsion-tiny-sd3.safetensors", "diffusion_models", sd3_layout,
+                     {"mmdit": TINY_SD3_MMDIT})
+
+# Flux (comfy.ldm.flux.model.Flux) with its free sizes shrunk. ComfyUI's detection fixes num_heads = 24 and
+# axes_dim = [16, 56, 56] for Flux, which forces hidden_size = 3072 (~340 M parameters per double block):
+# too big for tests on a CPU. So the tiny Flux is never a file: `load_tiny_flux` builds it through
+# ComfyUI's own Flux model config with this unet_config, the same loading path UNETLoader takes after
+# detection. context_in_dim and vec_in_dim of 768 take CLIP-L conditioning directly.
+TINY_FLUX_DIT = {
+    "image_model": "flux", "guidance_embed": True, "in_channels": 16, "out_channels": 16,
+    "vec_in_dim": 768, "context_in_dim": 768, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 4,
+    "depth": 3, "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2,
+    "qkv_bias": True,
+}
+
+
+def tiny_flux_state() -> dict[str, torch.Tensor]:
+    """The tiny Flux's diffusion-model state dict (no prefix), filled like every tiny model.
+
+    Flux's RMS norms keep their gain in a parameter called `scale`, which is set to ones like any other
+    norm weight (zeros would flatten every attention map).
+    """
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    with torch.device("meta"):
+        flux = Flux(**TINY_FLUX_DIT, operations=comfy.ops.disable_weight_init)
+    return {name: torch.ones(shape) if name.endswith(".scale") else deterministic_tensor(name, shape)
+            for name, shape in meta_state_shapes(flux, "").items()}
+
+
+def load_tiny_flux():
+    """A ModelPatcher (what UNETLoader returns) around the tiny Flux, in float32 on ComfyUI's device."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.Flux(TINY_FLUX_DIT)
+    model_config.set_inference_dtype(torch.float32, None)
+    state = tiny_flux_state()
+    offload_device = comfy.model_management.unet_offload_device()
+    model = model_config.get_model(state, "").to(offload_device)
+    model.load_model_weights(state, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=offload_device)
+
+
+ALL_MODELS = (TINY_SD15, TINY_SD3)
 
 
 def main() -> int:
