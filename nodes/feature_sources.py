@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -28,7 +29,7 @@ LOCATION_GRID = 8
 
 _SOURCE_DESCRIPTIONS = {
     "clip_vision": "CLIP vision",
-    "embedder": "the connected embedder on the latents",
+    "embedder": "the {label} embedder on the latents",
     "pixels": "downscaled pixels",
     "latent": "the raw latents",
 }
@@ -37,6 +38,7 @@ _ASPECT_DESCRIPTIONS = {
     "location": f"location: channel-averaged layout on an {LOCATION_GRID}x{LOCATION_GRID} grid",
     "style": "style: Gram matrix of the feature channels",
 }
+_MAP_TRANSFORMS = {"location": partial(location_features, grid=LOCATION_GRID), "style": style_features}
 # Sources compared position by position: two sets are only comparable at the same image size.
 _SIZE_SENSITIVE_SOURCES = ("pixels", "latent")
 
@@ -105,17 +107,17 @@ class FeatureSpace:
     latent_format: object = None
 
     def describe(self) -> str:
+        """One line for the report, e.g. "CLIP vision, whole feature vector (chosen automatically)"."""
+        source = _SOURCE_DESCRIPTIONS[self.source].format(label=getattr(self.embedder, "label", "connected"))
         how = " (chosen automatically)" if self.chosen_automatically else ""
-        return f"{_SOURCE_DESCRIPTIONS[self.source]}, {_ASPECT_DESCRIPTIONS[self.aspect]}{how}"
+        return f"{source}, {_ASPECT_DESCRIPTIONS[self.aspect]}{how}"
 
     def features(self, batch: Batch) -> torch.Tensor:
         """Float32 `[N, F]` feature table of `batch`, one row per image."""
         if self.aspect == "whole":
             vectors = self._vectors(batch)
         else:
-            feature_map = self._spatial_map(batch)
-            vectors = location_features(feature_map, LOCATION_GRID) if self.aspect == "location" \
-                else style_features(feature_map)
+            vectors = _MAP_TRANSFORMS[self.aspect](self._spatial_map(batch))
         return vectors.float().cpu()
 
     def check_comparable(self, batch: Batch, other: Batch) -> None:
@@ -136,7 +138,8 @@ class FeatureSpace:
         if self.source == "clip_vision":
             return self._encode_with_clip(batch)["image_embeds"]
         if self.source == "embedder":
-            return self._run_embedder(batch, spatial=False)
+            embedder, latents = self._embedder_and_latents(batch)
+            return embedder(latents)
         if self.source == "pixels":
             return pixel_features(batch.require_images(self.source))
         return batch.require_latents(self.source).flatten(start_dim=1)
@@ -146,7 +149,7 @@ class FeatureSpace:
         if self.source == "clip_vision":
             return tokens_as_grid(self._encode_with_clip(batch)["penultimate_hidden_states"])
         if self.source == "embedder":
-            return self._run_embedder(batch, spatial=True)
+            return self._embedder_map(batch)
         if self.source == "pixels":
             return batch.require_images(self.source).movedim(-1, 1)
         return batch.require_latents(self.source)
@@ -154,11 +157,12 @@ class FeatureSpace:
     def _encode_with_clip(self, batch: Batch):
         return self.clip_vision.encode_image(batch.require_images(self.source))
 
-    def _run_embedder(self, batch: Batch, spatial: bool) -> torch.Tensor:
+    def _embedder_and_latents(self, batch: Batch) -> tuple[torch.nn.Module, torch.Tensor]:
         latents = batch.require_latents(self.source)
-        embedder = build_embedder(self.embedder, latents, self.latent_format)
-        if not spatial:
-            return embedder(latents)
+        return embedder_from_recipe(self.embedder, latents, self.latent_format), latents
+
+    def _embedder_map(self, batch: Batch) -> torch.Tensor:
+        embedder, latents = self._embedder_and_latents(batch)
         if not hasattr(embedder, "feature_map"):
             raise ValueError("This embedder gives only a feature vector, no spatial map, so it has no "
                              "location or style aspect; set aspect to whole.")
@@ -196,19 +200,20 @@ def _automatic_source(batch: Batch, clip_vision, embedder) -> str:
     return "pixels" if batch.images is not None else "latent"
 
 
-def build_embedder(recipe, latents: torch.Tensor, latent_format) -> torch.nn.Module:
+def embedder_from_recipe(recipe, latents: torch.Tensor, latent_format) -> torch.nn.Module:
     """Build an EMBEDDER recipe for `latents` `[N, C, H, W]`, outside inference mode like the sampler does.
 
     The node's latent input carries no model, so `latent_format` is None unless a MODEL is connected;
-    an embedder that needs it (latent_rgb) then says so, and this adds where to connect it.
+    when building then fails, the message says so (latent_rgb, for one, needs the model's format).
     """
     try:
         with torch.inference_mode(False):
             return recipe.build(latents.shape[1], latent_format).to(latents.device)
     except ValueError as error:
         if latent_format is None:
-            raise ValueError(f"{error} (This node knows the model only through its optional `model` input: "
-                             "connect the MODEL that made these latents.)") from error
+            raise ValueError(f"{error} (No MODEL is connected to this node's optional `model` input; if the "
+                             "embedder needs the model's latent format, connect the model that made these "
+                             "latents.)") from error
         raise
 
 

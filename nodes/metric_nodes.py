@@ -1,8 +1,10 @@
 """Diversity Metric and Diversity Compare: how different the images of a batch are, in numbers and a plot.
 
-Both nodes are output nodes (they run with nothing connected downstream) and show their report on the
-node: the text under the `text` key of the UI output, the plot as a preview image. Without a reference
-set the Frechet output is -1 (distances are never negative, and a NaN would break the UI's JSON).
+Both nodes are output nodes (they run with nothing connected downstream). The plot shows on the node as a
+preview image; the report text is the `report` output and the `text` key of the UI output (what the
+history holds for API clients; ComfyUI's frontend shows that key only for nodes with a display extension,
+so users read it through Preview as Text). Without a reference set the Frechet output is -1 (distances
+are never negative, and a NaN would break the UI's JSON).
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ def plot_size_inputs(default_height: int, min_height: int) -> dict:
     }
 
 
-def model_inputs() -> dict:
-    """Optional sockets for the models the feature sources use."""
+def shared_optional_inputs() -> dict:
+    """Optional sockets both nodes share: the reference set and the models the feature sources use."""
     return {
         "reference_images": ("IMAGE", {"tooltip": "Optional 'maximum diversity' set: the Frechet distance to "
                                                   "it is reported (lower = closer to its diversity)."}),
@@ -138,7 +140,7 @@ def connected_batch(name: str, images, latent, inputs_hint: str) -> Batch:
     return batch
 
 
-def latent_format_of(model):
+def model_latent_format(model):
     """The latent format of a MODEL input, or None when no model is connected."""
     return None if model is None else model.get_model_object("latent_format")
 
@@ -159,8 +161,9 @@ class DiversityMetric:
     DESCRIPTION = ("Measures how different the images of a batch are from each other. Vendi score: the "
                    "effective number of distinct images (1 = all alike, N = all different). Mean distances: "
                    "how far apart the images are on average. With a reference set (a 'maximum diversity' "
-                   "collection), the Frechet distance to it (lower = closer to that diversity). Shows a "
-                   "report and a plot: the pairwise-similarity heatmap and a 2-D map of the batch.")
+                   "collection), the Frechet distance to it (lower = closer to that diversity). Shows its plot "
+                   "on the node (pairwise-similarity heatmap and a 2-D map of the batch); connect `report` to "
+                   "Preview as Text to read the full report.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("vendi", "mean_l2_distance", "mean_cosine_distance", "frechet", "report", "plot")
@@ -182,7 +185,7 @@ class DiversityMetric:
             "optional": {
                 "images": ("IMAGE", {"tooltip": "The batch to measure, as images (e.g. from VAE Decode)."}),
                 "latent": ("LATENT", {"tooltip": "The batch to measure, as a latent (e.g. from a KSampler)."}),
-                **model_inputs(),
+                **shared_optional_inputs(),
             },
         }
 
@@ -190,16 +193,15 @@ class DiversityMetric:
                           latent=None, reference_images=None, reference_latent=None, clip_vision=None,
                           embedder=None, model=None):
         batch = connected_batch("the batch", images, latent, "`images` or `latent`")
-        space = choose_feature_space(features, aspect, batch, clip_vision, embedder, latent_format_of(model))
+        space = choose_feature_space(features, aspect, batch, clip_vision, embedder, model_latent_format(model))
         reference = reference_set(space, reference_images, reference_latent)
         measured = measure(space, batch, reference, prompt_groups)
         report = measured.report
         text = "\n".join([f"Features: {space.describe()}", *reference_line(reference), format_report(report)])
-        figure = report_figure(measured.features, batch.images, size=(plot_width, plot_height))
+        plot = to_image_tensor(report_figure(measured.features, batch.images, size=(plot_width, plot_height)))
         frechet = NO_REFERENCE if report["frechet"] is None else report["frechet"]
-        result = (report["vendi"], report["mean_l2_distance"], report["mean_cosine_distance"], frechet, text,
-                  to_image_tensor(figure))
-        return shown_on_node(text, result[-1], result)
+        result = (report["vendi"], report["mean_l2_distance"], report["mean_cosine_distance"], frechet, text, plot)
+        return shown_on_node(text, plot, result)
 
 
 class DiversityCompare:
@@ -208,7 +210,7 @@ class DiversityCompare:
     DESCRIPTION = ("Measures two batches the same way, e.g. the same seed without and with repulsion, and "
                    "reports them side by side with the change in every metric. Use the same batch size for "
                    "both: the Vendi score grows with it. The plot shows each batch's similarity heatmap and "
-                   "2-D map, A on top.")
+                   "2-D map, A on top; connect `report` to Preview as Text to read the comparison.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("vendi_a", "vendi_b", "report", "plot")
@@ -235,7 +237,7 @@ class DiversityCompare:
                 "latent_a": ("LATENT", {"tooltip": "Batch A as a latent."}),
                 "images_b": ("IMAGE", {"tooltip": "Batch B as images (e.g. with repulsion)."}),
                 "latent_b": ("LATENT", {"tooltip": "Batch B as a latent."}),
-                **model_inputs(),
+                **shared_optional_inputs(),
             },
         }
 
@@ -244,13 +246,13 @@ class DiversityCompare:
                 clip_vision=None, embedder=None, model=None):
         batch_a = connected_batch(f"batch A ({label_a})", images_a, latent_a, "`images_a` or `latent_a`")
         batch_b = connected_batch(f"batch B ({label_b})", images_b, latent_b, "`images_b` or `latent_b`")
-        space = choose_feature_space(features, aspect, batch_a, clip_vision, embedder, latent_format_of(model))
+        space = choose_feature_space(features, aspect, batch_a, clip_vision, embedder, model_latent_format(model))
         space.check_comparable(batch_a, batch_b)
         reference = reference_set(space, reference_images, reference_latent)
         measured = [measure(space, batch, reference, prompt_groups) for batch in (batch_a, batch_b)]
         text = comparison_text(space, reference, measured, (label_a, label_b))
-        plot = to_image_tensor(stacked_figures(measured, (batch_a, batch_b), (label_a, label_b),
-                                               (plot_width, plot_height)))
+        titles = (f"A: {label_a}", f"B: {label_b}")
+        plot = to_image_tensor(stacked_figures(measured, (batch_a, batch_b), titles, (plot_width, plot_height)))
         return shown_on_node(text, plot, (measured[0].report["vendi"], measured[1].report["vendi"], text, plot))
 
 
@@ -264,16 +266,16 @@ def comparison_text(space: FeatureSpace, reference: ReferenceSet | None, measure
     return "\n".join(lines)
 
 
-def stacked_figures(measured: list[Measurement], batches: tuple[Batch, Batch], labels: tuple[str, str],
+def stacked_figures(measured: list[Measurement], batches: tuple[Batch, ...], titles: tuple[str, ...],
                     size: tuple[int, int]) -> Image.Image:
-    """Each batch's `report_figure` under a band naming it, stacked top to bottom into one image of `size`."""
+    """Each batch's `report_figure` under a band with its title, stacked top to bottom into one image of `size`."""
     width, height = size
     panel_height = height // len(measured) - LABEL_BAND_HEIGHT
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    for index, (measurement, batch, label) in enumerate(zip(measured, batches, labels)):
+    for index, (measurement, batch, title) in enumerate(zip(measured, batches, titles)):
         top = index * (panel_height + LABEL_BAND_HEIGHT)
-        draw.text((6, top + 3), f"{'AB'[index]}: {label}", fill="black")
+        draw.text((6, top + 3), title, fill="black")
         figure = report_figure(measurement.features, batch.images, size=(width, panel_height))
         canvas.paste(figure, (0, top + LABEL_BAND_HEIGHT))
     return canvas
