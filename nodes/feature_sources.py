@@ -118,7 +118,7 @@ class FeatureSpace:
             vectors = self._vectors(batch)
         else:
             vectors = _MAP_TRANSFORMS[self.aspect](self._spatial_map(batch))
-        return vectors.float().cpu()
+        return vectors.detach().float().cpu()
 
     def check_comparable(self, batch: Batch, other: Batch) -> None:
         """Refuse two sets that this feature space cannot compare: different sizes for pixels/latents."""
