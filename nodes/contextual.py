@@ -2,7 +2,7 @@
 
 ComfyUI's Flux and MMDiT (SD3, SD3.5) models look up `transformer_options["patches_replace"]["dit"]`
 for a replacement of each double-stream block, `("double_block", i)`, and each Flux single-stream block,
-`("single_block", i)`, called as `patch(args, {"original_block": run_block})`. This module installs such
+`("single_block", i)`, called as `patch(args, {"original_block": block})`. This module installs such
 patches on a clone of the MODEL: each runs the block (through the patch that was already there, if
 any) and moves the chosen stream of its output up the batch's log-Vendi entropy
 (`kernels/contextual.py`), chunk by chunk, so that cond and uncond are never mixed.
