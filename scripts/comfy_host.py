@@ -18,6 +18,7 @@ VENV_DIR = HOST_DIR / "venv"
 VENV_PYTHON = VENV_DIR / "bin" / "python"
 PACK_LINK_NAME = "comfyui-particle-repulsion"
 PACKAGE_NAME = "particle_repulsion"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download fails on these machines
 
 
 class HostMissing(RuntimeError):

@@ -131,12 +131,13 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.load(response)
 
-    def post_json(self, path: str, payload: dict) -> dict:
+    def post_json(self, path: str, payload) -> dict:
         request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return json.load(response)
+                body = response.read()
+                return json.loads(body) if body.strip() else {}
         except urllib.error.HTTPError as error:
             raise PromptFailed(f"POST {path} answered {error.code}: {error.read().decode()[:4000]}") from None
 

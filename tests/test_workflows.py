@@ -1,0 +1,91 @@
+"""Every shipped workflow opens in the real web UI without a missing node and runs on the real server.
+
+The frontend itself converts each UI-format workflow to the API format (`app.graphToPrompt()`), so widget
+order and the seed's control value are handled by ComfyUI's own code. Before execution the prompt is
+adapted to this CPU-only machine: model files swapped for the tiny test models, images 64 px, 2 steps.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+import comfy_host
+from conftest import ARTIFACTS, REPO
+
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+SCREENSHOTS = ARTIFACTS / "workflows"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"]
+PACK_MARKERS = ("particlerepulsion", "particle_repulsion", "particle-repulsion")
+CPU_LIMITS = {"width": 64, "height": 64, "steps": 2}
+FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    server.post_json("/settings", FIRST_RUN_DONE)  # no Templates dialog over the canvas
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=comfy_host.CHROMIUM, args=CHROMIUM_FLAGS)
+        browser_page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        browser_page.console_messages_seen = []
+        browser_page.on("console", lambda message: browser_page.console_messages_seen.append(
+            f"{message.type}: {message.text}"))
+        browser_page.on("pageerror", lambda error: browser_page.console_messages_seen.append(f"pageerror: {error}"))
+        browser_page.goto(server.url)
+        browser_page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+        yield browser_page
+        browser.close()
+
+
+def open_workflow(page, workflow: dict) -> None:
+    page.console_messages_seen.clear()
+    page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
+    page.wait_for_timeout(500)
+
+
+def unknown_node_types(page) -> list[str]:
+    return page.evaluate("""() => window.app.graph._nodes
+        .map((node) => node.type)
+        .filter((type) => !(type in LiteGraph.registered_node_types))""")
+
+
+def errors_naming_the_pack(messages: list[str]) -> list[str]:
+    return [message for message in messages
+            if message.startswith(("error", "pageerror")) and any(marker in message.lower() for marker in PACK_MARKERS)]
+
+
+def adapted_for_cpu(prompt: dict, checkpoint: str) -> dict:
+    """The API prompt with the tiny checkpoint, 64 px latents and 2 steps (batch sizes untouched)."""
+    adapted = json.loads(json.dumps(prompt))
+    for node in adapted.values():
+        inputs = node["inputs"]
+        if "ckpt_name" in inputs:
+            inputs["ckpt_name"] = checkpoint
+        for name, limit in CPU_LIMITS.items():
+            if isinstance(inputs.get(name), int) and not isinstance(inputs[name], bool):
+                inputs[name] = min(inputs[name], limit)
+    return adapted
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
+def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_checkpoint):
+    workflow = json.loads(path.read_text())
+    open_workflow(page, workflow)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{path.stem}.png"))
+    assert unknown_node_types(page) == []
+    assert page.get_by_text("missing", exact=False).filter(visible=True).count() == 0
+    assert errors_naming_the_pack(page.console_messages_seen) == []
+
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert {node["class_type"] for node in prompt.values()} >= {
+        node["type"] for node in workflow["nodes"] if node["type"] not in ("Note", "MarkdownNote")}
+    server.run(adapted_for_cpu(prompt, tiny_checkpoint), timeout=900)
+
+
+def test_the_pack_workflows_are_listed_as_templates(server):
+    listed = server.get_json("/workflow_templates").get(comfy_host.PACK_LINK_NAME, [])
+    assert sorted(listed) == sorted(path.stem for path in WORKFLOWS)
+    assert WORKFLOWS, "the pack ships no workflows"
