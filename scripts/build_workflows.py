@@ -122,12 +122,37 @@ def sampler_custom_advanced() -> list[WorkflowNode]:
     ]
 
 
+def diversity_report() -> list[WorkflowNode]:
+    return [
+        *sd15_inputs(),
+        WorkflowNode("plain", "KSampler", (COLUMN, 0), SAMPLING, SAMPLER_LINKS, title="Without repulsion"),
+        WorkflowNode("repelled", "ParticleRepulsionKSampler", (COLUMN, 420), {**SAMPLING, **REPULSION}, SAMPLER_LINKS,
+                     title="With repulsion (same seed)"),
+        WorkflowNode("plain_decode", "VAEDecode", (2 * COLUMN, 0), links={"samples": ("plain", 0), "vae": ("checkpoint", 2)}),
+        WorkflowNode("repelled_decode", "VAEDecode", (2 * COLUMN, 420),
+                     links={"samples": ("repelled", 0), "vae": ("checkpoint", 2)}),
+        WorkflowNode("compare", "ParticleRepulsionDiversityCompare", (3 * COLUMN, 0),
+                     {"features": "auto", "aspect": "whole", "prompt_groups": 1, "label_a": "without",
+                      "label_b": "with", "plot_width": 768, "plot_height": 768},
+                     {"images_a": ("plain_decode", 0), "images_b": ("repelled_decode", 0)}, size=(560, 900)),
+        note("about", (0, 900), (
+            "Diversity report: with and without repulsion\n\n"
+            "The same seed and batch are sampled twice; Diversity Compare measures both batches the same way and "
+            "shows the change in every metric on the node, with a similarity heatmap and a 2-D map of each batch.\n\n"
+            "Vendi score: the effective number of distinct images (1 = all alike, batch size = all different).\n"
+            "Features: 'auto' uses downscaled pixels here; connect a Load CLIP Vision model to `clip_vision` for "
+            "semantic features, or an EMBEDDER + `latent_a/b` to measure in the space you repelled in."),
+             size=(680, 260)),
+    ]
+
+
 def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
     embedders = object_info["ParticleRepulsionEmbedder"]["input"]["required"]["embedder"][0]
     return {
         "repulsive_batch_vs_plain": repulsive_batch(),
         "embedder_gallery": embedder_gallery(embedders),
         "repulsive_sampler_custom_advanced": sampler_custom_advanced(),
+        "diversity_report": diversity_report(),
     }
 
 

@@ -85,6 +85,26 @@ def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_ch
     server.run(adapted_for_cpu(prompt, tiny_checkpoint), timeout=900)
 
 
+def test_the_report_shows_on_the_node_after_a_run_from_the_web_ui(page, server, tiny_checkpoint):
+    workflow = json.loads((REPO / "workflows" / "diversity_report.json").read_text())
+    for node in workflow["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"][0] = tiny_checkpoint
+        if node["type"] == "EmptyLatentImage":
+            node["widgets_values"][:2] = [64, 64]
+        if node["type"] in ("KSampler", "ParticleRepulsionKSampler"):
+            node["widgets_values"][2] = 2  # steps
+    open_workflow(page, workflow)
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    report = page.wait_for_function("""() => {
+        const node = window.app.graph._nodes.find((n) => n.type === "ParticleRepulsionDiversityCompare");
+        const widget = node?.widgets?.find((w) => w.name === "report_text");
+        return widget?.value || null;
+    }""", timeout=300_000).json_value()
+    page.screenshot(path=str(SCREENSHOTS / "diversity_report_after_run.png"))
+    assert "Vendi" in report and "without" in report and "with" in report
+
+
 def test_the_pack_workflows_are_listed_as_templates(server):
     listed = server.get_json("/workflow_templates").get(comfy_host.PACK_LINK_NAME, [])
     assert sorted(listed) == sorted(path.stem for path in WORKFLOWS)
