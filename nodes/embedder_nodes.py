@@ -1,10 +1,16 @@
 """Nodes that produce an EMBEDDER: where a repulsion node measures similarity."""
 from __future__ import annotations
 
-from ..embedders import EMBEDDER_DESCRIPTIONS, EMBEDDER_NAMES
-from .embedder_recipes import BuiltinEmbedderRecipe
+import os
+
+import folder_paths
+
+from ..embedders import EMBEDDER_DESCRIPTIONS, EMBEDDER_NAMES, GramEmbedder, load_style_embedder
+from .embedder_recipes import BuiltinEmbedderRecipe, GramEmbedderRecipe, StyleEmbedderRecipe
+from .model_folders import STYLE_EMBEDDERS
 
 CATEGORY = "particle_repulsion/embedders"
+EMBEDDER_OUTPUT_TOOLTIP = "Plug into any repulsion node's embedder input."
 
 
 class RepulsionEmbedder:
@@ -14,7 +20,7 @@ class RepulsionEmbedder:
         f"{name}: {description}" for name, description in EMBEDDER_DESCRIPTIONS.items())
     CATEGORY = CATEGORY
     RETURN_TYPES = ("EMBEDDER",)
-    OUTPUT_TOOLTIPS = ("Plug into any repulsion node's embedder input.",)
+    OUTPUT_TOOLTIPS = (EMBEDDER_OUTPUT_TOOLTIP,)
     FUNCTION = "choose"
 
     @classmethod
@@ -32,3 +38,62 @@ class RepulsionEmbedder:
 
     def choose(self, embedder, seed, grid_size):
         return (BuiltinEmbedderRecipe(name=embedder, seed=seed, grid_size=grid_size),)
+
+
+class LoadStyleEmbedder:
+    """A trained style classifier from `models/style_embedders/` as the EMBEDDER.
+
+    The file's metadata and tensor shapes are checked here; its latent channels are checked against
+    the model's when sampling starts (the embedder may feed any sampler, so that is where the model is
+    known), and a mismatch stops the prompt with a message naming both channel counts.
+    """
+
+    DESCRIPTION = ("Loads a style embedder (a style classifier trained with Train Style Embedder or the "
+                   "pack's train_style_embedder script) from models/style_embedders. Repulsion then pushes "
+                   "the images of the batch towards different styles. It must have been trained on latents "
+                   "of the same kind as the sampling model's (checked when sampling starts).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("EMBEDDER", "STRING")
+    RETURN_NAMES = ("embedder", "summary")
+    OUTPUT_TOOLTIPS = (EMBEDDER_OUTPUT_TOOLTIP, "Its styles, latent kind, noise range and validation accuracy.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "style_embedder": (folder_paths.get_filename_list(STYLE_EMBEDDERS), {
+                "tooltip": "A .safetensors file in models/style_embedders."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, style_embedder):
+        """Reload when the file is replaced (e.g. retrained under the same name)."""
+        path = folder_paths.get_full_path(STYLE_EMBEDDERS, style_embedder)
+        if path is None:
+            return ""
+        status = os.stat(path)
+        return f"{status.st_mtime_ns}:{status.st_size}"
+
+    def load(self, style_embedder):
+        path = folder_paths.get_full_path_or_raise(STYLE_EMBEDDERS, style_embedder)
+        recipe = StyleEmbedderRecipe(load_style_embedder(path), label=style_embedder)
+        return (recipe, recipe.summary())
+
+
+class GramStyleEmbedder:
+    """EMBEDDER in, EMBEDDER out: compare which features occur together instead of where they are."""
+
+    DESCRIPTION = (f"{GramEmbedder.description} Wraps any embedder (a style embedder, the random CNN, ...): "
+                   "images are compared by the co-occurrence of the embedder's features, ignoring where "
+                   "in the image they are.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("EMBEDDER",)
+    OUTPUT_TOOLTIPS = (EMBEDDER_OUTPUT_TOOLTIP,)
+    FUNCTION = "wrap"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"embedder": ("EMBEDDER", {"tooltip": "The embedder whose features are compared."})}}
+
+    def wrap(self, embedder):
+        return (GramEmbedderRecipe(embedder),)

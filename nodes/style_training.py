@@ -1,0 +1,438 @@
+"""Training a style embedder inside ComfyUI: the two data sources and the training node.
+
+Data flows through a STYLE_LATENTS socket (`StyleLatents`): labelled latents in the space of
+ComfyUI's LATENT type (as VAE Encode gives them, before the model's own scaling), so that either
+source can feed the trainer and ComfyUI caches the costly encoding or generation between training runs.
+
+- `StyleLatentsFromFolder`: a folder of labelled images (one sub-folder per style), encoded with a VAE.
+- `StyleLatentsFromPrompts`: images the user's own model draws for "{subject} by {style}", keeping the
+  model's denoised prediction at several steps of each trajectory (the thesis's recipe).
+- `TrainStyleEmbedder`: trains the pure `StyleClassifier` on noisy latents across the model's sigma
+  range, saves it into `models/style_embedders/` and outputs it as an EMBEDDER.
+
+`scripts/train_style_embedder.py` reuses `find_style_images`, `encode_style_images`, `train_for_model`
+and `style_embedder_path` outside the server.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from ..embedders import EpochReport, StyleClassifier, TrainingInterrupted, save_style_embedder, train_style_classifier
+from ..embedders.style_classifier import check_class_names
+from .embedder_recipes import StyleEmbedderRecipe, latent_format_name, percent
+from .model_folders import STYLE_EMBEDDERS
+
+LOG = logging.getLogger("particle_repulsion")
+CATEGORY = "particle_repulsion/style_training"
+STYLE_LATENTS = "STYLE_LATENTS"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+ENCODE_CHUNK = 8  # images per VAE call: bounds memory and lets Cancel act between chunks
+EMPTY_LATENT_CHANNELS = 4  # what EmptyLatentImage makes; fix_empty_latent_channels adapts it to the model
+
+Progress = Callable[[int], None]  # advance(count): count more units of work are done
+EpochCallback = Callable[[int, float, float, float], None]  # (epoch, train acc., validation acc., loss)
+
+
+@dataclass(frozen=True)
+class StyleLatents:
+    """Labelled latents for training a style classifier (the STYLE_LATENTS socket).
+
+    latents: `[M, C, h, w]` in LATENT space (as VAE Encode outputs them; the model's `process_in`
+        scaling is applied by the trainer).
+    labels: `[M]` int64 indices into `class_names`.
+    source: where they came from, for the report and the file's metadata.
+    """
+
+    latents: Tensor
+    labels: Tensor
+    class_names: tuple[str, ...]
+    source: str
+
+
+# --- source (a): a folder of labelled images ---------------------------------------------------------
+
+def resolve_image_folder(folder: str) -> Path:
+    """`folder` as a directory: absolute, or relative to ComfyUI's input folder."""
+    text = folder.strip()
+    if not text:
+        raise ValueError("Give the folder of style images (one sub-folder per style).")
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = Path(folder_paths.get_input_directory()) / path
+    if not path.is_dir():
+        raise ValueError(f"The style image folder {path} does not exist (relative folders are looked up in "
+                         "ComfyUI's input folder).")
+    return path
+
+
+def find_style_images(folder: Path) -> dict[str, list[Path]]:
+    """The images of every style: `{sub-folder name: sorted image paths}`, in sorted style order.
+
+    Raises ValueError unless there are two or more sub-folders, each with at least two images
+    (one to train on, one to validate).
+    """
+    images_by_style = {
+        style.name: sorted(path for path in style.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+        for style in sorted(folder.iterdir()) if style.is_dir() and not style.name.startswith(".")
+    }
+    layout_hint = (f"Put the images of every style in its own sub-folder of {folder} (e.g. {folder}/monet/*.png, "
+                   f"{folder}/hokusai/*.png); the sub-folder names become the style names.")
+    if len(images_by_style) < 2:
+        raise ValueError(f"Found {len(images_by_style)} style sub-folder(s); at least two are needed. {layout_hint}")
+    too_few = [f"{style} ({len(paths)})" for style, paths in images_by_style.items() if len(paths) < 2]
+    if too_few:
+        raise ValueError(f"Every style needs at least 2 images ({', '.join(IMAGE_EXTENSIONS)}); too few in: "
+                         f"{', '.join(too_few)}. {layout_hint}")
+    return images_by_style
+
+
+def read_image(path: Path, width: int, height: int) -> Tensor:
+    """The image at `path` as RGB in [0, 1], centre-cropped to `width:height` and resized: `[height, width, 3]`."""
+    try:
+        with Image.open(path) as image:
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"Cannot read the image {path} ({error}); remove it or replace it.") from error
+    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+    resized = comfy.utils.common_upscale(pixels.movedim(-1, 0)[None], width, height, "area", "center")
+    return resized[0].movedim(0, -1)
+
+
+def encode_style_images(vae, images_by_style: Mapping[str, Sequence[Path]], width: int, height: int,
+                        advance: Progress, source: str) -> StyleLatents:
+    """Encode every style's images with `vae` (`width` x `height` pixels), a few at a time.
+
+    `advance(count)` is called after every chunk of `count` images (a progress bar, which in the
+    server also stops the work when the user presses Cancel).
+    """
+    labelled_paths = [(label, path) for label, paths in enumerate(images_by_style.values()) for path in paths]
+    chunks = []
+    for start in range(0, len(labelled_paths), ENCODE_CHUNK):
+        chunk = labelled_paths[start:start + ENCODE_CHUNK]
+        pixels = torch.stack([read_image(path, width, height) for _, path in chunk])
+        chunks.append(vae.encode(pixels))
+        advance(len(chunk))
+    labels = torch.tensor([label for label, _ in labelled_paths], dtype=torch.int64)
+    return StyleLatents(torch.cat(chunks), labels, tuple(images_by_style), source)
+
+
+class StyleLatentsFromFolder:
+    """Source (a): a folder of labelled images encoded with the user's VAE."""
+
+    DESCRIPTION = ("Training data for Train Style Embedder from your own images: a folder with one sub-folder "
+                   "per style (the sub-folder name is the style name), each with at least 2 images "
+                   f"({', '.join(IMAGE_EXTENSIONS)}). Every image is centre-cropped and resized to width x "
+                   "height and encoded with the VAE of the model you will sample with.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STYLE_LATENTS,)
+    RETURN_NAMES = ("style_latents",)
+    OUTPUT_TOOLTIPS = ("Labelled latents for Train Style Embedder.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("VAE", {"tooltip": "The VAE of the model the style embedder will be used with."}),
+            "folder": ("STRING", {"default": "style_images",
+                                  "tooltip": "Folder with one sub-folder of images per style; absolute, or "
+                                             "relative to ComfyUI's input folder."}),
+            "width": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8,
+                              "tooltip": "Width in pixels the images are cropped and resized to before encoding."}),
+            "height": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8,
+                               "tooltip": "Height in pixels the images are cropped and resized to before encoding."}),
+        }}
+
+    def encode(self, vae, folder, width, height):
+        path = resolve_image_folder(folder)
+        images_by_style = find_style_images(path)
+        progress = comfy.utils.ProgressBar(sum(len(paths) for paths in images_by_style.values()))
+        return (encode_style_images(vae, images_by_style, width, height, progress.update, f"image folder {path}"),)
+
+
+# --- source (b): images generated by the user's model from style names ------------------------------
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How `generate_style_latents` draws each prompt's images."""
+
+    images_per_prompt: int
+    trajectory_points: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    seed: int
+    width: int
+    height: int
+
+
+def prompt_lines(text: str) -> list[str]:
+    """The non-empty lines of a multi-line widget, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def kept_steps(steps: int, trajectory_points: int) -> list[int]:
+    """Step indices whose denoised prediction is kept: evenly spaced over the second half of the
+    schedule, ending at the last step (fewer when the schedule has fewer steps than points)."""
+    first = steps // 2
+    positions = np.linspace(first, steps - 1, num=min(trajectory_points, steps - first))
+    return sorted({int(round(position)) for position in positions})
+
+
+def check_generation_plan(styles: Sequence[str], subjects: Sequence[str], settings: GenerationSettings) -> None:
+    """Refuse, before any drawing, a plan that cannot give every style 2 or more training latents."""
+    check_class_names(styles)
+    if not subjects:
+        raise ValueError("Give at least one subject (one per line), e.g. 'a lighthouse at dusk'.")
+    per_style = len(subjects) * settings.images_per_prompt * len(kept_steps(settings.steps, settings.trajectory_points))
+    if per_style < 2:
+        raise ValueError(f"This gives {per_style} training latent per style; every style needs at least 2. Add "
+                         "subjects, images per prompt or trajectory points.")
+
+
+def encode_prompt(clip, text: str):
+    """CONDITIONING for `text`, as CLIPTextEncode makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def denoised_trajectory(model, positive, negative, settings: GenerationSettings, seed: int,
+                        steps_to_keep: Sequence[int], advance: Progress) -> Tensor:
+    """Sample one batch and return the model's denoised predictions at `steps_to_keep`, in LATENT
+    space: `[len(steps_to_keep) * images_per_prompt, C, h, w]`."""
+    empty = torch.zeros([settings.images_per_prompt, EMPTY_LATENT_CHANNELS, settings.height // 8, settings.width // 8])
+    latent = comfy.sample.fix_empty_latent_channels(model, empty)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    kept = []
+
+    def keep_denoised(step, denoised, x, total_steps):
+        if step in steps_to_keep:
+            kept.append(denoised.to(comfy.model_management.intermediate_device(), torch.float32))
+        advance(1)
+
+    comfy.sample.sample(model, noise, settings.steps, settings.cfg, settings.sampler_name, settings.scheduler,
+                        positive, negative, latent, callback=keep_denoised, disable_pbar=True, seed=seed)
+    if not kept:
+        raise ValueError(f"The sampler {settings.sampler_name} reported none of its steps; choose another sampler.")
+    return model.get_model_object("latent_format").process_out(torch.cat(kept))
+
+
+def generate_style_latents(model, clip, styles: Sequence[str], subjects: Sequence[str],
+                           settings: GenerationSettings, advance: Progress) -> StyleLatents:
+    """Draw `images_per_prompt` images of every "{subject} by {style}" (seed + prompt index) and keep
+    their denoised predictions along the trajectory, labelled by style. `advance(1)` after every step."""
+    check_generation_plan(styles, subjects, settings)
+    steps_to_keep = kept_steps(settings.steps, settings.trajectory_points)
+    negative = encode_prompt(clip, "")
+    prompts = [(label, f"{subject} by {style}") for label, style in enumerate(styles) for subject in subjects]
+    latents, labels = [], []
+    for index, (label, prompt) in enumerate(prompts):
+        trajectory = denoised_trajectory(model, encode_prompt(clip, prompt), negative, settings,
+                                         settings.seed + index, steps_to_keep, advance)
+        latents.append(trajectory)
+        labels += [label] * trajectory.shape[0]
+    source = (f"prompts '{{subject}} by {{style}}': {len(subjects)} subjects x {settings.images_per_prompt} images, "
+              f"{len(steps_to_keep)} trajectory points, {settings.steps} steps of {settings.sampler_name}")
+    return StyleLatents(torch.cat(latents), torch.tensor(labels, dtype=torch.int64), tuple(styles), source)
+
+
+class StyleLatentsFromPrompts:
+    """Source (b): training data drawn by the user's own model, no image collection needed."""
+
+    DESCRIPTION = ("Training data for Train Style Embedder drawn by your own model: for every style and subject it "
+                   "samples images of '{subject} by {style}' and keeps the model's denoised prediction at several "
+                   "steps of each image's trajectory. Note: points of one trajectory are alike, so the validation "
+                   "accuracy reported by the trainer is optimistic with this source.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STYLE_LATENTS,)
+    RETURN_NAMES = ("style_latents",)
+    OUTPUT_TOOLTIPS = ("Labelled latents for Train Style Embedder.",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model that draws the images (the one you will sample with)."}),
+            "clip": ("CLIP", {"tooltip": "The text encoder for the prompts."}),
+            "styles": ("STRING", {"multiline": True, "default": "Claude Monet\nKatsushika Hokusai\nVincent van Gogh",
+                                  "tooltip": "One style (artist, movement, medium) per line; each is a class."}),
+            "subjects": ("STRING", {"multiline": True,
+                                    "default": "a lighthouse at dusk\na city street\na portrait of a woman\na bowl of fruit",
+                                    "tooltip": "One subject per line; every subject is drawn in every style."}),
+            "images_per_prompt": ("INT", {"default": 4, "min": 1, "max": 64,
+                                          "tooltip": "Images drawn (as one batch) for every subject-style prompt."}),
+            "trajectory_points": ("INT", {"default": 3, "min": 1, "max": 20,
+                                          "tooltip": "Denoised predictions kept per image, evenly spaced over the second "
+                                                     "half of the steps and ending at the final image."}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Denoising steps per image."}),
+            "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale."}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler used to draw the images."}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Noise schedule."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                             "tooltip": "Seed of the first prompt's noise; prompt i uses seed + i."}),
+            "width": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8, "tooltip": "Image width in pixels."}),
+            "height": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8, "tooltip": "Image height in pixels."}),
+        }}
+
+    def generate(self, model, clip, styles, subjects, **settings):
+        settings = GenerationSettings(**settings)
+        style_names, subject_lines = prompt_lines(styles), prompt_lines(subjects)
+        progress = comfy.utils.ProgressBar(len(style_names) * len(subject_lines) * settings.steps)
+        return (generate_style_latents(model, clip, style_names, subject_lines, settings, progress.update),)
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The trainer's options (see `embedders.train_style_classifier`)."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    validation_fraction: float = 0.2
+    seed: int = 0
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Train on one CPU thread: the classifier's convolutions are too small to gain from more, and on a
+    CPU shared with other work extra threads mostly wait on each other (on 2 busy cores, 8x8 latents:
+    3.4 s for 10 epochs with 1 thread, 24 s with 2). A no-op on GPUs."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_latent_channels(data: StyleLatents, latent_format) -> None:
+    channels, expected = data.latents.shape[1], latent_format.latent_channels
+    if channels != expected:
+        raise ValueError(f"The style latents have {channels} channels but the model makes {expected}-channel "
+                         "latents; encode the images with this model's VAE (or draw them with this model).")
+
+
+def train_for_model(model, data: StyleLatents, options: TrainingOptions,
+                    on_epoch: EpochCallback | None = None) -> tuple[StyleClassifier, list[EpochReport]]:
+    """Train a style classifier for `model`'s latents, noise levels and latent format.
+
+    The latents are scaled into the sampler's space (`latent_format.process_in`) and the noise range is
+    the model's own `[sigma_min, sigma_max]`. Training stops between batches when ComfyUI's Cancel is
+    pressed, and ComfyUI's own interrupt exception is raised (nothing is saved).
+    """
+    latent_format = model.get_model_object("latent_format")
+    check_latent_channels(data, latent_format)
+    model_sampling = model.get_model_object("model_sampling")
+    device = comfy.model_management.get_torch_device()
+    latents = latent_format.process_in(data.latents.to(device))
+    with one_cpu_thread(latents.device):
+        try:
+            classifier, history = train_style_classifier(
+                latents, data.labels.to(device), data.class_names,
+                sigma_min=float(model_sampling.sigma_min), sigma_max=float(model_sampling.sigma_max),
+                epochs=options.epochs, batch_size=options.batch_size,
+                validation_fraction=options.validation_fraction, seed=options.seed,
+                on_epoch=on_epoch, should_stop=comfy.model_management.processing_interrupted)
+        except TrainingInterrupted:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+    classifier.metadata.update({
+        "latent_format": latent_format_name(latent_format),
+        "data_source": data.source,
+        "training_latents": str(data.labels.numel()),
+        "latent_size": "x".join(str(size) for size in data.latents.shape[2:]),
+    })
+    return classifier, history
+
+
+def style_embedder_path(file_name: str, overwrite: bool, folder: Path | None = None) -> Path:
+    """Where to save the style embedder `file_name` (".safetensors" added if missing).
+
+    `folder` defaults to ComfyUI's `models/style_embedders` (created if needed). Raises ValueError for
+    a name with folders in it and FileExistsError when the file exists and `overwrite` is off.
+    """
+    name = file_name.strip()
+    if not name.endswith(".safetensors"):
+        name += ".safetensors"
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"Give the style embedder a plain file name such as 'my_styles', not {file_name!r}.")
+    folder = folder or Path(folder_paths.get_folder_paths(STYLE_EMBEDDERS)[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another file name, or turn on overwrite to replace it.")
+    return path
+
+
+def epoch_line(epoch: int, epochs: int, train_accuracy: float, validation_accuracy: float, loss: float) -> str:
+    return (f"epoch {epoch}/{epochs}: loss {loss:.4f}, train accuracy {percent(train_accuracy)}, "
+            f"validation accuracy {percent(validation_accuracy)}")
+
+
+class TrainStyleEmbedder:
+    """Train, save and output a style embedder for the connected model."""
+
+    DESCRIPTION = ("Trains a style classifier on the style latents (from a folder of images or drawn from prompts) "
+                   "at noise levels across the model's whole sigma range, reports train and validation accuracy per "
+                   "epoch, saves it to models/style_embedders/<file_name>.safetensors and outputs it as an EMBEDDER. "
+                   "Cancel stops it between batches (nothing is saved).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("EMBEDDER", "STRING")
+    RETURN_NAMES = ("embedder", "report")
+    OUTPUT_TOOLTIPS = ("The trained style embedder; plug into any repulsion node's embedder input.",
+                       "Accuracy per epoch and a summary of the saved file.")
+    OUTPUT_NODE = True
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model whose latents and noise levels the embedder is trained for."}),
+            "style_latents": (STYLE_LATENTS, {"tooltip": "From Style Latents from Folder or from Prompts."}),
+            "file_name": ("STRING", {"default": "my_styles",
+                                     "tooltip": "Saved as models/style_embedders/<file_name>.safetensors."}),
+            "epochs": ("INT", {"default": 30, "min": 1, "max": 10000,
+                               "tooltip": "Passes over the training latents (each with fresh noise)."}),
+            "batch_size": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "Latents per training step."}),
+            "validation_fraction": ("FLOAT", {"default": 0.2, "min": 0.05, "max": 0.5, "step": 0.05,
+                                              "tooltip": "Share of every style held out to measure accuracy."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                             "tooltip": "Fixes the split, the initial weights, the batches and the noise."}),
+            "overwrite": ("BOOLEAN", {"default": False,
+                                      "tooltip": "Replace an existing file of that name (off: stop with an error)."}),
+        }}
+
+    def train(self, model, style_latents, file_name, overwrite, **options):
+        options = TrainingOptions(**options)
+        path = style_embedder_path(file_name, overwrite)
+        progress = comfy.utils.ProgressBar(options.epochs)
+        lines = [f"Training on {style_latents.labels.numel()} latents from {style_latents.source}."]
+
+        def report_epoch(epoch, train_accuracy, validation_accuracy, loss):
+            lines.append(epoch_line(epoch, options.epochs, train_accuracy, validation_accuracy, loss))
+            LOG.info("Particle Repulsion style embedder %s: %s", path.name, lines[-1])
+            progress.update(1)
+
+        classifier, _ = train_for_model(model, style_latents, options, report_epoch)
+        save_style_embedder(path, classifier, {})
+        recipe = StyleEmbedderRecipe(classifier, label=path.name)
+        report = "\n".join([recipe.summary(), *lines, f"Saved to {path}."])
+        return {"ui": {"text": [report]}, "result": (recipe, report)}
