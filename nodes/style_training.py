@@ -189,7 +189,8 @@ def kept_steps(steps: int, trajectory_points: int) -> list[int]:
     """Step indices whose denoised prediction is kept: evenly spaced over the second half of the
     schedule, ending at the last step (fewer when the schedule has fewer steps than points)."""
     first = steps // 2
-    positions = np.linspace(first, steps - 1, num=min(trajectory_points, steps - first))
+    # From the last step back, so that a single point is the final step.
+    positions = np.linspace(steps - 1, first, num=min(trajectory_points, steps - first))
     return sorted({int(round(position)) for position in positions})
 
 
