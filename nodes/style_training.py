@@ -42,6 +42,7 @@ STYLE_LATENTS = "STYLE_LATENTS"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ENCODE_CHUNK = 8  # images per VAE call: bounds memory and lets Cancel act between chunks
 EMPTY_LATENT_CHANNELS = 4  # what EmptyLatentImage makes; fix_empty_latent_channels adapts it to the model
+MAX_SEED_COUNT = 2**64  # seeds wrap around within ComfyUI's seed range
 
 Progress = Callable[[int], None]  # advance(count): count more units of work are done
 EpochCallback = Callable[[int, float, float, float], None]  # (epoch, train acc., validation acc., loss)
@@ -241,8 +242,9 @@ def generate_style_latents(model, clip, styles: Sequence[str], subjects: Sequenc
     prompts = [(label, f"{subject} by {style}") for label, style in enumerate(styles) for subject in subjects]
     latents, labels = [], []
     for index, (label, prompt) in enumerate(prompts):
-        trajectory = denoised_trajectory(model, encode_prompt(clip, prompt), negative, settings,
-                                         settings.seed + index, steps_to_keep, advance)
+        seed = (settings.seed + index) % MAX_SEED_COUNT
+        trajectory = denoised_trajectory(model, encode_prompt(clip, prompt), negative, settings, seed,
+                                         steps_to_keep, advance)
         latents.append(trajectory)
         labels += [label] * trajectory.shape[0]
     source = (f"prompts '{{subject}} by {{style}}': {len(subjects)} subjects x {settings.images_per_prompt} images, "
@@ -283,7 +285,7 @@ class StyleLatentsFromPrompts:
                               "tooltip": "Classifier-free guidance scale."}),
             "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler used to draw the images."}),
             "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Noise schedule."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED_COUNT - 1,
                              "tooltip": "Seed of the first prompt's noise; prompt i uses seed + i."}),
             "width": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8, "tooltip": "Image width in pixels."}),
             "height": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8, "tooltip": "Image height in pixels."}),
@@ -415,7 +417,7 @@ class TrainStyleEmbedder:
             "batch_size": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "Latents per training step."}),
             "validation_fraction": ("FLOAT", {"default": 0.2, "min": 0.05, "max": 0.5, "step": 0.05,
                                               "tooltip": "Share of every style held out to measure accuracy."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED_COUNT - 1,
                              "tooltip": "Fixes the split, the initial weights, the batches and the noise."}),
             "overwrite": ("BOOLEAN", {"default": False,
                                       "tooltip": "Replace an existing file of that name (off: stop with an error)."}),

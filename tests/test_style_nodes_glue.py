@@ -10,7 +10,7 @@ from PIL import Image
 
 import comfy_host
 
-from particle_repulsion.embedders import StyleClassifier, StyleEmbedderError, save_style_embedder
+from particle_repulsion.embedders import StyleClassifier, StyleEmbedderError, load_style_embedder, save_style_embedder
 
 STYLE_EMBEDDERS_DIR = comfy_host.COMFYUI_DIR / "models" / "style_embedders"
 
@@ -189,3 +189,22 @@ def test_loader_node_reloads_a_replaced_file(comfy, style_training):
         assert recipe.classifier.latent_channels == 16 and "16-channel" in summary
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_cli_trains_a_folder_of_images_into_a_style_embedder_file(comfy, tiny_checkpoint, tmp_path, capsys):
+    import train_style_embedder
+
+    for style in ("sketch", "poster"):
+        write_images(tmp_path / "images" / style, 3, size=(32, 32))
+    arguments = [str(tmp_path / "images"), "--checkpoint", tiny_checkpoint, "--name", "cli_styles",
+                 "--output-dir", str(tmp_path / "out"), "--width", "32", "--height", "32", "--epochs", "2",
+                 "--batch-size", "4"]
+    assert train_style_embedder.main(arguments) == 0
+    saved = tmp_path / "out" / "cli_styles.safetensors"
+    loaded = load_style_embedder(saved, expected_channels=4)
+    assert loaded.class_names == ("poster", "sketch")
+    assert loaded.metadata["latent_format"] == "SD15" and loaded.metadata["training_latents"] == "6"
+    printed = capsys.readouterr().out
+    assert "epoch 2/2" in printed and f"Saved to {saved}" in printed
+    with pytest.raises(FileExistsError, match="already exists"):
+        train_style_embedder.main(arguments)

@@ -42,12 +42,12 @@ def exact_denoiser(x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
+def single_thread(comfy):
     """Tiny tensors: one thread is much faster than two on cores shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    from particle_repulsion.nodes.style_training import one_cpu_thread
+
+    with one_cpu_thread(torch.device("cpu")):
+        yield
 
 
 @pytest.fixture(scope="module")
