@@ -216,6 +216,30 @@ def test_folder_source_trains_inside_the_server_and_never_overwrites_silently(se
     assert os.stat(saved).st_mtime_ns == modified
 
 
+def test_cancel_in_the_server_stops_training_and_saves_nothing(server, tiny_checkpoint):
+    relative_folder = f"{SESSION_TAG}/cancelled"
+    write_digit_folders(INPUT_DIR / relative_folder, digits=(4, 5), per_digit=2)
+    graph = Graph(tiny_checkpoint)
+    graph.add("images", "ParticleRepulsionStyleLatentsFromFolder", vae=[CHECKPOINT, VAE_OUTPUT],
+              folder=relative_folder, width=DIGIT_PIXELS, height=DIGIT_PIXELS)
+    graph.add("train", "ParticleRepulsionTrainStyleEmbedder", model=[CHECKPOINT, MODEL_OUTPUT],
+              style_latents=["images", 0], file_name=f"{SESSION_TAG}-cancelled", epochs=10000, batch_size=1,
+              validation_fraction=0.5, seed=0, overwrite=False)
+    prompt_id = server.queue(graph.nodes)
+    wait_for_log_line(server, f"{SESSION_TAG}-cancelled.safetensors: epoch 1/10000")
+    server.interrupt()
+    entry = server.wait(prompt_id, timeout=60)
+    assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]]
+    assert not (STYLE_EMBEDDERS_DIR / embedder_file("cancelled")).exists()
+
+
+def wait_for_log_line(server, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log_text():
+        assert time.monotonic() < deadline, f"the server log never showed {text!r}"
+        time.sleep(0.2)
+
+
 def test_prompt_source_writes_a_valid_style_embedder(server, tiny_checkpoint):
     graph = Graph(tiny_checkpoint)
     graph.add("drawn", "ParticleRepulsionStyleLatentsFromPrompts", model=[CHECKPOINT, MODEL_OUTPUT],
