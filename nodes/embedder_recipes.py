@@ -81,7 +81,7 @@ class StyleEmbedderRecipe:
         return self.classifier.metadata.get("latent_format", "unknown latent format")
 
     def summary(self) -> str:
-        """One paragraph for the artist: styles, latents, noise range and validation accuracy."""
+        """A few lines for the artist: styles, latents, noise range and validation accuracy against chance."""
         classifier, metadata = self.classifier, self.classifier.metadata
         lines = [
             f"{self.label}: style classifier of {len(classifier.class_names)} styles "
