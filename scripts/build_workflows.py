@@ -27,6 +27,7 @@ REPULSION = {"strength": 0.3, "strength_mode": "relative", "space": "noisy", "ke
              "start": 0.0, "end": 1.0}
 SAMPLING = {"seed": SEED, "steps": 20, "cfg": 7.0, "sampler_name": "euler_ancestral", "scheduler": "karras",
             "denoise": 1.0}
+STYLE_FILE = "my_styles"
 SAMPLER_LINKS = {"model": ("checkpoint", 0), "positive": ("positive", 0), "negative": ("negative", 0),
                  "latent_image": ("latent", 0)}
 
@@ -146,6 +147,44 @@ def diversity_report() -> list[WorkflowNode]:
     ]
 
 
+def style_embedder_repulsion() -> list[WorkflowNode]:
+    return [
+        *sd15_inputs(),
+        WorkflowNode("style", "ParticleRepulsionLoadStyleEmbedder", (COLUMN, 0), {"style_embedder": f"{STYLE_FILE}.safetensors"}),
+        WorkflowNode("summary", "PreviewAny", (COLUMN, 160), links={"source": ("style", 1)}, size=(320, 200)),
+        WorkflowNode("repelled", "ParticleRepulsionKSampler", (2 * COLUMN, 0), {**SAMPLING, **REPULSION, "strength": 0.4},
+                     {**SAMPLER_LINKS, "embedder": ("style", 0)}, title="Repelled in style space"),
+        *decoded_and_saved("repelled", 3 * COLUMN, 0, "repulsion/style"),
+        note("about", (0, 900), (
+            "Repel in a trained style classifier's space\n\n"
+            "Load Style Embedder lists models/style_embedders/ (train one with the 'train style embedder from "
+            "prompts' workflow, or the CLI scripts/train_style_embedder.py on a folder of images). The batch is "
+            "pushed apart in the classifier's feature space, so the images spread over the styles it knows.\n\n"
+            "The classifier must match the model's latents (4 channels for SD1.5/SDXL, 16 for SD3/Flux); a "
+            "mismatch stops with a clear message. Put a Gram (Style) Embedder between the loader and the sampler "
+            "to compare texture statistics instead of the features themselves."), size=(680, 240)),
+    ]
+
+
+def train_style_embedder_from_prompts() -> list[WorkflowNode]:
+    return [
+        WorkflowNode("checkpoint", "CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD15_CHECKPOINT}),
+        WorkflowNode("latents", "ParticleRepulsionStyleLatentsFromPrompts", (COLUMN, 0), {"steps": 20, "width": 512, "height": 512},
+                     {"model": ("checkpoint", 0), "clip": ("checkpoint", 1)}, size=(360, 620)),
+        WorkflowNode("train", "ParticleRepulsionTrainStyleEmbedder", (2 * COLUMN + 40, 0), {"file_name": STYLE_FILE},
+                     {"model": ("checkpoint", 0), "style_latents": ("latents", 0)}),
+        WorkflowNode("report", "PreviewAny", (3 * COLUMN + 40, 0), links={"source": ("train", 1)}, size=(400, 300)),
+        note("about", (0, 200), (
+            "Train a style embedder from your own model\n\n"
+            "No data set needed: the model paints every subject in every style ('{subject} by {style}'), the "
+            "latents along each trajectory become training data, and a small classifier learns to tell the "
+            "styles apart at every noise level. It is saved to models/style_embedders/<file_name>.safetensors "
+            "and can be loaded with Load Style Embedder.\n\n"
+            "More styles, subjects and images per prompt give a better classifier (and take longer). Validation "
+            "accuracy per epoch is in the report."), size=(340, 330)),
+    ]
+
+
 def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
     embedders = object_info["ParticleRepulsionEmbedder"]["input"]["required"]["embedder"][0]
     return {
@@ -153,6 +192,8 @@ def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
         "embedder_gallery": embedder_gallery(embedders),
         "repulsive_sampler_custom_advanced": sampler_custom_advanced(),
         "diversity_report": diversity_report(),
+        "style_embedder_repulsion": style_embedder_repulsion(),
+        "train_style_embedder_from_prompts": train_style_embedder_from_prompts(),
     }
 
 

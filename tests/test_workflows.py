@@ -5,6 +5,7 @@ order and the seed's control value are handled by ComfyUI's own code. Before exe
 adapted to this CPU-only machine: model files swapped for the tiny test models, images 64 px, 2 steps.
 """
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,27 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
 PACK_MARKERS = ("particlerepulsion", "particle_repulsion", "particle-repulsion")
 CPU_LIMITS = {"width": 64, "height": 64, "steps": 2}
 FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
+STYLE_FILE_IN_WORKFLOWS = "my_styles.safetensors"
+
+
+@pytest.fixture(scope="module")
+def style_embedders_folder(comfy):
+    """models/style_embedders/ with the file the style workflow loads; files made by the tests are removed."""
+    from particle_repulsion.embedders import StyleClassifier, save_style_embedder
+
+    folder = comfy_host.COMFYUI_DIR / "models" / "style_embedders"
+    folder.mkdir(parents=True, exist_ok=True)
+    provided = folder / STYLE_FILE_IN_WORKFLOWS
+    created = not provided.exists()
+    if created:
+        classifier = StyleClassifier(4, ["ink", "oil"], sigma_min=0.03, sigma_max=14.6)
+        save_style_embedder(provided, classifier, {"latent_format": "SD15"})
+    before = set(folder.iterdir())
+    yield folder
+    for leftover in set(folder.iterdir()) - before:
+        leftover.unlink()
+    if created:
+        provided.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +79,17 @@ def errors_naming_the_pack(messages: list[str]) -> list[str]:
 
 
 def adapted_for_cpu(prompt: dict, checkpoint: str) -> dict:
-    """The API prompt with the tiny checkpoint, 64 px latents and 2 steps (batch sizes untouched)."""
+    """The API prompt with the tiny checkpoint, 64 px latents and 2 steps (batch sizes untouched).
+
+    A trained style embedder gets a file name of its own, so runs never collide with an existing file.
+    """
     adapted = json.loads(json.dumps(prompt))
     for node in adapted.values():
         inputs = node["inputs"]
         if "ckpt_name" in inputs:
             inputs["ckpt_name"] = checkpoint
+        if node["class_type"] == "ParticleRepulsionTrainStyleEmbedder":
+            inputs["file_name"] = f"test_workflow_{uuid.uuid4().hex[:8]}"
         for name, limit in CPU_LIMITS.items():
             if isinstance(inputs.get(name), int) and not isinstance(inputs[name], bool):
                 inputs[name] = min(inputs[name], limit)
@@ -70,7 +97,7 @@ def adapted_for_cpu(prompt: dict, checkpoint: str) -> dict:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
-def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_checkpoint):
+def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_checkpoint, style_embedders_folder):
     workflow = json.loads(path.read_text())
     open_workflow(page, workflow)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
