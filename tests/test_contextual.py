@@ -18,6 +18,7 @@ from contextual_fixtures import (  # noqa: F401  (fixtures are used by name)
 from graphs import CHECKPOINT, Graph
 
 TEXT_TOKENS = 77  # CLIP-L's context length
+IMAGE_TOKENS = 16  # 8 x 8 latents in 2 x 2 patches
 PROBED_BLOCK = ("double_block", 1)  # in the default middle third of both tiny models (3 and 4 blocks)
 WINDOW_END = 0.5  # the first 2 of the 4 steps
 STRONG = {"step_size": 0.3, "iterations": 2}
@@ -46,21 +47,19 @@ def in_window(call: dict) -> bool:
 
 @pytest.fixture(params=["flux", "sd3"])
 def tiny_dit(request):
-    """(name, ModelPatcher) for each tiny diffusion transformer."""
-    return request.param, request.getfixturevalue(f"tiny_{request.param}")
+    """ModelPatcher of each tiny diffusion transformer in turn."""
+    return request.getfixturevalue(f"tiny_{request.param}")
 
 
 def test_step_size_zero_is_bit_identical_to_the_unpatched_model(tiny_dit, conditioning):
-    name, model = tiny_dit
-    every_block = contextual(model, 0.0, blocks="double + single", block_start=0.0, block_end=1.0, end=1.0)
-    assert torch.equal(sample(every_block, conditioning, cfg=3.0), sample(model, conditioning, cfg=3.0))
+    every_block = contextual(tiny_dit, 0.0, blocks="double + single", block_start=0.0, block_end=1.0, end=1.0)
+    assert torch.equal(sample(every_block, conditioning, cfg=3.0), sample(tiny_dit, conditioning, cfg=3.0))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_repulsion_raises_the_vendi_score_of_the_final_latents(tiny_dit, conditioning, seed):
-    name, model = tiny_dit
-    plain = sample(contextual(model, 0.0), conditioning, cfg=3.0, seed=seed)
-    repelled = sample(contextual(model, **STRONG), conditioning, cfg=3.0, seed=seed)
+    plain = sample(contextual(tiny_dit, 0.0), conditioning, cfg=3.0, seed=seed)
+    repelled = sample(contextual(tiny_dit, **STRONG), conditioning, cfg=3.0, seed=seed)
     assert torch.isfinite(repelled).all()
     assert log_vendi(repelled) > log_vendi(plain)
 
@@ -109,7 +108,7 @@ def test_cond_and_uncond_are_repelled_separately(probed_run):
         assert sorted(before["chunks"]) == [0, 1], "cfg > 1 must put cond and uncond in one model call here"
         per_chunk = torch.cat([repel_streams(chunk, settings) for chunk in before["stream"].chunk(2)])
         mixed = repel_streams(before["stream"], settings)
-        torch.testing.assert_close(after["stream"], per_chunk, rtol=0, atol=0)
+        assert torch.equal(after["stream"], per_chunk)
         assert not torch.allclose(after["stream"], mixed, rtol=1e-4, atol=1e-4)
 
 
@@ -125,7 +124,7 @@ def test_flux_single_blocks_repel_the_chosen_part_of_the_joint_stream(tiny_flux,
     sample(model, conditioning, cfg=1.0)
 
     first_before, first_after = probes[("before", moved)].calls[0], probes[("after", moved)].calls[0]
-    assert first_before["stream"].shape[1] == (TEXT_TOKENS if stream == "text" else 16)
+    assert first_before["stream"].shape[1] == (TEXT_TOKENS if stream == "text" else IMAGE_TOKENS)
     assert chunk_entropies(first_after["stream"], 1)[0] > chunk_entropies(first_before["stream"], 1)[0]
     for untouched_before, untouched_after in zip(probes[("before", kept)].calls, probes[("after", kept)].calls):
         assert torch.equal(untouched_before["stream"], untouched_after["stream"])
