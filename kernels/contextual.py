@@ -7,7 +7,7 @@ batch ``[N, T*D]`` is moved up the gradient of its log-Vendi entropy under the c
 Portable step size. The cosine kernel sees only the direction of each row, so the entropy gradient is
 tangent to the sphere of radius ``|x_i|`` and scales like ``1 / |x_i|``: a raw step ``eta * dH/dx``
 moves a row by an angle ``eta * |dH/dx_i| / |x_i|``, which depends on the model's activation scale and on
-T*D (hence the paper's raw step sizes from 5e2 to 8e9 across models). This module steps along
+T*D (likely why the paper's raw step sizes range from 5e2 to 8e9 across models). This module steps along
 ``|x_i|^2 dH/dx_i`` instead (the gradient on the unit sphere, carried back to the row's own length), so
 ``step_size`` is an angle in radians per unit of entropy slope, fixed by the batch's cosine geometry
 alone, the same on every model, width and prompt length.
