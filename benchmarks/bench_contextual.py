@@ -153,7 +153,8 @@ def print_table(rows: list[dict], call_ms: float, kernel_ms: float) -> None:
           f"{'overhead':>9} {'expected':>9}")
     for row in rows:
         print(f"{row['configuration']:<55} {row['steps']:>5} {row['plain_ms_per_step']:14.1f} "
-              f"{row['patched_ms_per_step']:16.1f} {100 * row['overhead']:8.1f}% {100 * row['expected_overhead']:8.1f}%")
+              f"{row['patched_ms_per_step']:16.1f} {100 * row['overhead']:8.1f}% "
+              f"{100 * row['expected_overhead']:8.1f}%")
     print(f"One patched block call on the tiny text stream {TINY_FLUX_TEXT_STREAM}: {call_ms:.2f} CPU ms.")
     print("Tiny models exaggerate relative overhead: the tiny Flux (hidden 128, 3 double + 2 single blocks) "
           "costs a sliver of a real Flux per step, while the repulsion's fixed costs do not shrink with it.")
@@ -177,7 +178,8 @@ def main() -> None:
         steps = run_steps or options.steps
         row = {"configuration": name, "steps": steps, "node_inputs": node_inputs,
                **compare(flux, patched, conditioning, latent_size, steps, options.repeats, run_steps is not None)}
-        row["expected_overhead"] = call_ms * patched_calls_per_step(patched, node_inputs, steps) / row["plain_ms_per_step"]
+        calls_per_step = patched_calls_per_step(patched, node_inputs, steps)
+        row["expected_overhead"] = call_ms * calls_per_step / row["plain_ms_per_step"]
         rows.append(row)
     kernel_ms = kernel_milliseconds_at_flux_dev_size(options.repeats)
     load_after = os.getloadavg()[0]
@@ -191,7 +193,8 @@ def main() -> None:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(), "load_average": [load_before, load_after],
         "batch": BATCH, "size": options.size, "repeats": options.repeats, "rows": rows,
-        "ms_per_patched_call_at_tiny_text_stream": call_ms, "kernel_ms_at_flux_dev_text_stream": kernel_ms, "flux_dev_text_stream": FLUX_DEV_TEXT_STREAM,
+        "ms_per_patched_call_at_tiny_text_stream": call_ms, "kernel_ms_at_flux_dev_text_stream": kernel_ms,
+        "flux_dev_text_stream": FLUX_DEV_TEXT_STREAM,
         "target_overhead": TARGET_OVERHEAD, "within_target": within_target,
         "note": "tiny models exaggerate relative overhead"}, indent=2))
     print(f"wrote {RESULTS.relative_to(REPO)}")

@@ -46,7 +46,8 @@ class ContextualSettings:
         if self.iterations < 1:
             raise ValueError(f"contextual repulsion needs at least one iteration, got {self.iterations}")
         if not 0.0 <= self.start <= self.end <= 1.0:
-            raise ValueError(f"the schedule window needs 0 <= start <= end <= 1, got start={self.start}, end={self.end}")
+            raise ValueError(f"the schedule window needs 0 <= start <= end <= 1, got start={self.start}, "
+                             f"end={self.end}")
 
     @property
     def enabled(self) -> bool:

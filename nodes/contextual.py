@@ -191,7 +191,8 @@ def patch_contextual_repulsion(model, settings: ContextualSettings, stream: str,
     if single_indices:
         chain_block_patch(patched, ("double_block", layout.double_blocks - 1), TextTokenRecorder)
     for index in single_indices:
-        chain_block_patch(patched, ("single_block", index), lambda previous: SingleBlockPatch(repulsion, stream, previous))
+        chain_block_patch(patched, ("single_block", index),
+                          lambda previous: SingleBlockPatch(repulsion, stream, previous))
     return patched
 
 
