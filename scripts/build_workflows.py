@@ -23,6 +23,7 @@ PROMPT = "a lighthouse on a cliff at dusk, oil painting, dramatic sky"
 NEGATIVE = "blurry, low quality"
 SEED = 42
 COLUMN = 360
+SAMPLER_ROW = 700  # a Repulsive KSampler with all its widgets is about 650 px tall
 REPULSION = {"strength": 0.3, "strength_mode": "relative", "space": "noisy", "kernel": "rbf", "bandwidth": 0.0,
              "start": 0.0, "end": 1.0}
 SAMPLING = {"seed": SEED, "steps": 20, "cfg": 7.0, "sampler_name": "euler_ancestral", "scheduler": "karras",
@@ -58,7 +59,7 @@ def repulsive_batch() -> list[WorkflowNode]:
         WorkflowNode("repelled", "ParticleRepulsionKSampler", (COLUMN, 420), {**SAMPLING, **REPULSION}, SAMPLER_LINKS,
                      title="Repelled batch (same seed)"),
         *decoded_and_saved("repelled", 2 * COLUMN, 420, "repulsion/repelled"),
-        note("about", (0, 860), (
+        note("about", (0, SAMPLER_ROW + 420), (
             "Repulsive batch vs plain batch\n\n"
             "Both samplers start from the same seed and batch. The Repulsive KSampler pushes the four images "
             "apart at every step, so the lower row should vary more (composition, colour) than the upper one.\n\n"
@@ -70,25 +71,40 @@ def repulsive_batch() -> list[WorkflowNode]:
     ]
 
 
+GALLERY_ROWS_PER_BLOCK = 5
+GALLERY_BLOCK_WIDTH = 3 * COLUMN + 480
+
+
+def gallery_row_origin(row: int) -> tuple[float, float]:
+    """Top-left of gallery row `row` (0 = no repulsion); rows stack in blocks placed side by side."""
+    block, row_in_block = divmod(row, GALLERY_ROWS_PER_BLOCK)
+    return COLUMN + block * GALLERY_BLOCK_WIDTH, row_in_block * SAMPLER_ROW
+
+
+def gallery_row(key: str, embedder: str | None, row: int) -> list[WorkflowNode]:
+    """One row: [embedder ->] Repulsive KSampler -> VAE Decode -> Preview, all at the same seed."""
+    x, y = gallery_row_origin(row)
+    sampler_links, settings, nodes = dict(SAMPLER_LINKS), {**SAMPLING, **REPULSION}, []
+    if embedder is None:
+        settings["strength"] = 0.0
+    else:
+        nodes.append(WorkflowNode(f"{key}_embedder", "ParticleRepulsionEmbedder", (x, y),
+                                  {"embedder": embedder, "seed": 0, "grid_size": 4}))
+        sampler_links["embedder"] = (f"{key}_embedder", 0)
+    label = embedder or "no repulsion"
+    return nodes + [
+        WorkflowNode(key, "ParticleRepulsionKSampler", (x + COLUMN, y), settings, sampler_links,
+                     title=f"Repelled in {embedder}" if embedder else "No repulsion (strength 0)"),
+        WorkflowNode(f"{key}_decode", "VAEDecode", (x + 2 * COLUMN, y), links={"samples": (key, 0), "vae": ("checkpoint", 2)}),
+        WorkflowNode(f"{key}_preview", "PreviewImage", (x + 3 * COLUMN, y), links={"images": (f"{key}_decode", 0)},
+                     title=label, size=(400, 400)),
+    ]
+
+
 def embedder_gallery(embedders: list[str]) -> list[WorkflowNode]:
-    nodes = [*sd15_inputs(batch_size=4)]
-    nodes.append(WorkflowNode("plain", "ParticleRepulsionKSampler", (COLUMN, 0), {**SAMPLING, **REPULSION, "strength": 0.0},
-                              SAMPLER_LINKS, title="No repulsion (strength 0)"))
-    nodes.append(WorkflowNode("plain_decode", "VAEDecode", (3 * COLUMN, 0),
-                              links={"samples": ("plain", 0), "vae": ("checkpoint", 2)}))
-    nodes.append(WorkflowNode("plain_preview", "PreviewImage", (4 * COLUMN, 0), links={"images": ("plain_decode", 0)},
-                              title="no repulsion", size=(400, 300)))
+    nodes = [*sd15_inputs(batch_size=4), *gallery_row("plain", None, 0)]
     for row, embedder in enumerate(embedders, start=1):
-        y, key = row * 340, f"row_{embedder}"
-        nodes += [
-            WorkflowNode(f"{key}_embedder", "ParticleRepulsionEmbedder", (COLUMN, y),
-                         {"embedder": embedder, "seed": 0, "grid_size": 4}),
-            WorkflowNode(key, "ParticleRepulsionKSampler", (2 * COLUMN, y), {**SAMPLING, **REPULSION},
-                         {**SAMPLER_LINKS, "embedder": (f"{key}_embedder", 0)}, title=f"Repelled in {embedder}"),
-            WorkflowNode(f"{key}_decode", "VAEDecode", (3 * COLUMN, y), links={"samples": (key, 0), "vae": ("checkpoint", 2)}),
-            WorkflowNode(f"{key}_preview", "PreviewImage", (4 * COLUMN, y), links={"images": (f"{key}_decode", 0)},
-                         title=embedder, size=(400, 300)),
-        ]
+        nodes += gallery_row(f"row_{embedder}", embedder, row)
     nodes.append(note("about", (0, 900), (
         "Embedder gallery\n\n"
         "Same seed and batch on every row; each row repels in a different embedding space, i.e. makes a different "
@@ -96,7 +112,7 @@ def embedder_gallery(embedders: list[str]) -> list[WorkflowNode]:
         "latent: everything, weakly; channel_mean: overall colour/tone; pooled_grid: coarse layout; "
         "rule_of_thirds: composition along the thirds; edges: where the mass of the image sits; random_cnn: "
         "texture and shape; random_cnn_gram: style-like texture statistics; latent_rgb: colour layout.\n\n"
-        "Compare each row with the top one (no repulsion)."), size=(340, 360)))
+        "Compare each row with the first one (no repulsion)."), size=(340, 360)))
     return nodes
 
 
@@ -136,7 +152,7 @@ def diversity_report() -> list[WorkflowNode]:
                      {"features": "auto", "aspect": "whole", "prompt_groups": 1, "label_a": "without",
                       "label_b": "with", "plot_width": 768, "plot_height": 768},
                      {"images_a": ("plain_decode", 0), "images_b": ("repelled_decode", 0)}, size=(560, 900)),
-        note("about", (0, 900), (
+        note("about", (0, SAMPLER_ROW + 420), (
             "Diversity report: with and without repulsion\n\n"
             "The same seed and batch are sampled twice; Diversity Compare measures both batches the same way and "
             "shows the change in every metric on the node, with a similarity heatmap and a 2-D map of each batch.\n\n"

@@ -64,7 +64,9 @@ def page(server):
 def open_workflow(page, workflow: dict) -> None:
     page.console_messages_seen.clear()
     page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(500)  # let the canvas lay the nodes out before fitting the view to them
+    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    page.wait_for_timeout(200)
 
 
 def unknown_node_types(page) -> list[str]:
