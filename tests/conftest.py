@@ -42,3 +42,13 @@ def server(tiny_checkpoint):
 
     with ComfyServer(ARTIFACTS / "comfyui-server.log") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def style_training(comfy):
+    """The style-training glue (`nodes/style_training.py`), with the style_embedders folder registered."""
+    from particle_repulsion.nodes import style_training
+    from particle_repulsion.nodes.model_folders import register_model_folders
+
+    register_model_folders()
+    return style_training

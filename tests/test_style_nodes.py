@@ -59,15 +59,6 @@ def session_files():
 
 
 @pytest.fixture(scope="module")
-def style_training(comfy):
-    from particle_repulsion.nodes import style_training
-    from particle_repulsion.nodes.model_folders import register_model_folders
-
-    register_model_folders()
-    return style_training
-
-
-@pytest.fixture(scope="module")
 def single_thread(style_training):
     """In-process encoding on one thread too (on 2 shared cores, 2 threads ran 8x slower)."""
     with style_training.one_cpu_thread(torch.device("cpu")):

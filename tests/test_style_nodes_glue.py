@@ -16,15 +16,6 @@ STYLE_EMBEDDERS_DIR = comfy_host.COMFYUI_DIR / "models" / "style_embedders"
 
 
 @pytest.fixture(scope="module")
-def style_training(comfy):
-    from particle_repulsion.nodes import style_training
-    from particle_repulsion.nodes.model_folders import register_model_folders
-
-    register_model_folders()
-    return style_training
-
-
-@pytest.fixture(scope="module")
 def recipes(comfy):
     from particle_repulsion.nodes import embedder_recipes
 
