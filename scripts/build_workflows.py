@@ -201,6 +201,67 @@ def train_style_embedder_from_prompts() -> list[WorkflowNode]:
     ]
 
 
+CONTEXTUAL = {"step_size": 0.05, "iterations": 2, "stream": "text", "blocks": "double", "block_start": 0.33,
+              "block_end": 0.67, "start": 0.0, "end": 0.1}
+
+
+def contextual_repulsion(family: str, unet_name: str, text_encoders: WorkflowNode, sampling: dict,
+                         extra_about: str) -> list[WorkflowNode]:
+    """A DiT graph sampled twice from one seed: the plain model and the model with contextual repulsion."""
+    positive_links = {"clip": ("text_encoders", 0)}
+    nodes = [
+        WorkflowNode("model", "UNETLoader", (0, 0), {"unet_name": unet_name, "weight_dtype": "default"}),
+        text_encoders,
+        WorkflowNode("positive", "CLIPTextEncode", (0, 300), {"text": PROMPT}, positive_links, title="Positive prompt"),
+        WorkflowNode("negative", "CLIPTextEncode", (0, 560), {"text": "" if family == "flux" else NEGATIVE},
+                     positive_links, title="Negative prompt"),
+        WorkflowNode("latent", "EmptySD3LatentImage", (0, 820), {"width": 1024, "height": 1024, "batch_size": 4}),
+        WorkflowNode("vae", "VAELoader", (0, 1000), {"vae_name": "ae.safetensors" if family == "flux" else "sd3_vae.safetensors"}),
+        WorkflowNode("repelling_model", "ParticleRepulsionContextual", (COLUMN, 0), CONTEXTUAL, {"model": ("model", 0)}),
+    ]
+    guided = "positive"
+    if family == "flux":
+        nodes.append(WorkflowNode("guidance", "FluxGuidance", (COLUMN, 420), {"guidance": 3.5},
+                                  {"conditioning": ("positive", 0)}))
+        guided = "guidance"
+    links = {"positive": (guided, 0), "negative": ("negative", 0), "latent_image": ("latent", 0)}
+    for row, (key, model) in enumerate((("plain", "model"), ("repelled", "repelling_model"))):
+        y = row * SAMPLER_ROW
+        nodes += [
+            WorkflowNode(key, "KSampler", (2 * COLUMN, y), sampling, {**links, "model": (model, 0)},
+                         title="With contextual repulsion" if model != "model" else "Plain model (same seed)"),
+            WorkflowNode(f"{key}_decode", "VAEDecode", (3 * COLUMN, y), links={"samples": (key, 0), "vae": ("vae", 0)}),
+            WorkflowNode(f"{key}_save", "SaveImage", (4 * COLUMN, y), {"filename_prefix": f"repulsion/{family}_{key}"},
+                         {"images": (f"{key}_decode", 0)}, size=(400, 400)),
+        ]
+    nodes.append(note("about", (COLUMN, 600), (
+        "Contextual repulsion (Dahary et al.)\n\n"
+        "During the first steps (start/end: fractions of the schedule), inside the middle third of the "
+        "double-stream blocks (block_start/block_end), each image's text-token stream is pushed away from "
+        "the others', so the images differ in what they depict rather than in noise.\n\n"
+        "step_size: radians per step, the same scale on every model; 0 = the plain model exactly. "
+        "iterations: small steps per block and model call. stream: text (paper) or image tokens.\n" + extra_about),
+        size=(340, 440)))
+    return nodes
+
+
+def contextual_flux() -> list[WorkflowNode]:
+    encoders = WorkflowNode("text_encoders", "DualCLIPLoader", (0, 120), {
+        "clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux"})
+    sampling = {**SAMPLING, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple"}
+    return contextual_repulsion("flux", "flux1-dev.safetensors", encoders, sampling,
+                                "Flux-dev: the paper repels during 1 of 20 steps (end 0.05-0.1).")
+
+
+def contextual_sd35() -> list[WorkflowNode]:
+    encoders = WorkflowNode("text_encoders", "TripleCLIPLoader", (0, 120), {
+        "clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors", "clip_name3": "t5xxl_fp16.safetensors"})
+    sampling = {**SAMPLING, "steps": 28, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform"}
+    return contextual_repulsion("sd35", "sd3.5_large.safetensors", encoders, sampling,
+                                "SD3.5-Large: the paper repels during 4 of 28 steps (end 0.15). With real CFG, "
+                                "cond and uncond are repelled separately.")
+
+
 def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
     embedders = object_info["ParticleRepulsionEmbedder"]["input"]["required"]["embedder"][0]
     return {
@@ -210,6 +271,8 @@ def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
         "diversity_report": diversity_report(),
         "style_embedder_repulsion": style_embedder_repulsion(),
         "train_style_embedder_from_prompts": train_style_embedder_from_prompts(),
+        "contextual_repulsion_flux": contextual_flux(),
+        "contextual_repulsion_sd35": contextual_sd35(),
     }
 
 

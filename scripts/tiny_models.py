@@ -28,7 +28,7 @@ import comfy_host  # noqa: E402
 
 comfy_host.use_comfyui_in_process()
 
-FACTORY_VERSION = 1
+FACTORY_VERSION = 2
 FINGERPRINT_KEY = "particle_repulsion.tiny_model"
 
 # SD1.5 UNet with its free sizes shrunk; model_channels=320 and context_dim=768 are what ComfyUI's
@@ -94,7 +94,8 @@ def deterministic_tensor(name: str, shape: torch.Size) -> torch.Tensor:
     """A finite tensor for parameter `name`, seeded by the name alone.
 
     Matrices and kernels get N(0, 1/fan_in) (activations keep their scale through deep stacks);
-    1-D `weight`s are norm scales (ones); biases and buffers are zero. Integer-valued buffers such as
+    1-D `weight`s and `scale`s are norm gains (ones: zeros would flatten every attention map); biases
+    and buffers are zero. Integer-valued buffers such as
     CLIP's `position_ids` get their natural value.
     """
     if name.endswith("position_ids"):
@@ -103,7 +104,7 @@ def deterministic_tensor(name: str, shape: torch.Size) -> torch.Tensor:
         generator = torch.Generator().manual_seed(zlib.crc32(name.encode()))
         fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
         return torch.randn(shape, generator=generator) / fan_in ** 0.5
-    if name.endswith("weight"):
+    if name.endswith(("weight", "scale")):
         return torch.ones(shape)
     return torch.zeros(shape)
 
@@ -167,19 +168,19 @@ TINY_FLUX_DIT = {
 }
 
 
-def tiny_flux_state() -> dict[str, torch.Tensor]:
-    """The tiny Flux's diffusion-model state dict (no prefix), filled like every tiny model.
-
-    Flux's RMS norms keep their gain in a parameter called `scale`, which is set to ones like any other
-    norm weight (zeros would flatten every attention map).
-    """
+def flux_layout(config: dict) -> dict[str, torch.Size]:
+    """Key -> shape of a Flux diffusion-model state dict (no prefix, as UNETLoader reads it)."""
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
     with torch.device("meta"):
-        flux = Flux(**TINY_FLUX_DIT, operations=comfy.ops.disable_weight_init)
-    return {name: torch.ones(shape) if name.endswith(".scale") else deterministic_tensor(name, shape)
-            for name, shape in meta_state_shapes(flux, "").items()}
+        flux = Flux(**config, operations=comfy.ops.disable_weight_init)
+    return meta_state_shapes(flux, "")
+
+
+def tiny_flux_state() -> dict[str, torch.Tensor]:
+    """The tiny Flux's diffusion-model state dict (no prefix), filled like every tiny model."""
+    return {name: deterministic_tensor(name, shape) for name, shape in flux_layout(TINY_FLUX_DIT).items()}
 
 
 def load_tiny_flux():
@@ -198,7 +199,27 @@ def load_tiny_flux():
                                             offload_device=offload_device)
 
 
-ALL_MODELS = (TINY_SD15, TINY_SD3)
+# The smallest Flux that ComfyUI's detection loads from a file: the forced width (3072, 24 heads) with one
+# double and one single block, ~0.5 B parameters (a 1 GB file written in seconds, a few seconds per step on
+# a CPU). It runs the shipped Flux workflow end to end through UNETLoader.
+SHALLOW_FLUX_DIT = {**TINY_FLUX_DIT, "hidden_size": 3072, "num_heads": 24, "axes_dim": [16, 56, 56],
+                    "depth": 1, "depth_single_blocks": 1}
+SHALLOW_FLUX = TinyModel("particle-repulsion-shallow-flux.safetensors", "diffusion_models",
+                         lambda: flux_layout(SHALLOW_FLUX_DIT), {"flux": SHALLOW_FLUX_DIT})
+
+
+def vae16_layout() -> dict[str, torch.Size]:
+    """Key -> shape of a 16-channel VAE file (the SD3 / Flux latent layout), as VAELoader reads it."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig={**SD_VAE, "z_channels": 16}, embed_dim=16)
+    return meta_state_shapes(vae, "")
+
+
+TINY_VAE16 = TinyModel("particle-repulsion-vae16.safetensors", "vae", vae16_layout, {"vae": SD_VAE, "z_channels": 16})
+
+ALL_MODELS = (TINY_SD15, TINY_SD3, SHALLOW_FLUX, TINY_VAE16)
 
 
 def main() -> int:

@@ -3,6 +3,8 @@
 The frontend itself converts each UI-format workflow to the API format (`app.graphToPrompt()`), so widget
 order and the seed's control value are handled by ComfyUI's own code. Before execution the prompt is
 adapted to this CPU-only machine: model files swapped for the tiny test models, images 64 px, 2 steps.
+Text encoders with T5-XXL cannot be made tiny (ComfyUI fixes their size), so loaders of them are replaced
+by the tiny checkpoint, whose CLIP-L conditioning the tiny Flux and SD3 models take.
 """
 import json
 import uuid
@@ -21,6 +23,18 @@ PACK_MARKERS = ("particlerepulsion", "particle_repulsion", "particle-repulsion")
 CPU_LIMITS = {"width": 64, "height": 64, "steps": 2}
 FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
 STYLE_FILE_IN_WORKFLOWS = "my_styles.safetensors"
+TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader"}
+CHECKPOINT_CLIP_OUTPUT = 1
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tiny_checkpoint) -> dict[str, str]:
+    """File names of the tiny models a workflow's loaders get instead of the real ones."""
+    import tiny_models
+
+    return {"checkpoint": tiny_checkpoint, "sd3": tiny_models.ensure(tiny_models.TINY_SD3).name,
+            "flux": tiny_models.ensure(tiny_models.SHALLOW_FLUX).name,
+            "vae": tiny_models.ensure(tiny_models.TINY_VAE16).name}
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +94,26 @@ def errors_naming_the_pack(messages: list[str]) -> list[str]:
             if message.startswith(("error", "pageerror")) and any(marker in message.lower() for marker in PACK_MARKERS)]
 
 
-def adapted_for_cpu(prompt: dict, checkpoint: str) -> dict:
-    """The API prompt with the tiny checkpoint, 64 px latents and 2 steps (batch sizes untouched).
+def adapted_for_cpu(prompt: dict, tiny: dict[str, str]) -> dict:
+    """The API prompt with the tiny models, 64 px latents and 2 steps (batch sizes untouched).
 
     A trained style embedder gets a file name of its own, so runs never collide with an existing file.
     """
     adapted = json.loads(json.dumps(prompt))
+    replaced_encoders = {node_id for node_id, node in adapted.items() if node["class_type"] in TEXT_ENCODER_LOADERS}
+    for node_id in replaced_encoders:
+        adapted[node_id] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}}
     for node in adapted.values():
         inputs = node["inputs"]
+        for name, value in inputs.items():
+            if isinstance(value, list) and len(value) == 2 and value[0] in replaced_encoders:
+                inputs[name] = [value[0], CHECKPOINT_CLIP_OUTPUT]
         if "ckpt_name" in inputs:
-            inputs["ckpt_name"] = checkpoint
+            inputs["ckpt_name"] = tiny["checkpoint"]
+        if "unet_name" in inputs:
+            inputs["unet_name"] = tiny["flux" if "flux" in inputs["unet_name"].lower() else "sd3"]
+        if "vae_name" in inputs:
+            inputs["vae_name"] = tiny["vae"]
         if node["class_type"] == "ParticleRepulsionTrainStyleEmbedder":
             inputs["file_name"] = f"test_workflow_{uuid.uuid4().hex[:8]}"
         for name, limit in CPU_LIMITS.items():
@@ -99,7 +123,7 @@ def adapted_for_cpu(prompt: dict, checkpoint: str) -> dict:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
-def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_checkpoint, style_embedders_folder):
+def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_files, style_embedders_folder):
     workflow = json.loads(path.read_text())
     open_workflow(page, workflow)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -111,7 +135,7 @@ def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_ch
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     assert {node["class_type"] for node in prompt.values()} >= {
         node["type"] for node in workflow["nodes"] if node["type"] not in ("Note", "MarkdownNote")}
-    server.run(adapted_for_cpu(prompt, tiny_checkpoint), timeout=900)
+    server.run(adapted_for_cpu(prompt, tiny_files), timeout=900)
 
 
 def test_the_report_shows_on_the_node_after_a_run_from_the_web_ui(page, server, tiny_checkpoint):
