@@ -127,14 +127,19 @@ class CollisionKernel:
 
 
 class ClassProbabilities(nn.Module):
-    """Embedder: class probabilities [N, K] = softmax(logits(latents [N, C, H, W], sigma [N] or None))."""
+    """Embedder: class probabilities [N, K] = softmax(logits(latents [N, C, H, W], sigma [N] or None) / T).
 
-    def __init__(self, logits: Callable[[Tensor, Tensor | None], Tensor]) -> None:
+    A temperature T > 1 leaves some probability on classes a sample is far from, so the collision kernel's
+    gradient can also push it toward them (the softmax gradient toward a class scales with its probability).
+    """
+
+    def __init__(self, logits: Callable[[Tensor, Tensor | None], Tensor], temperature: float = 1.0) -> None:
         super().__init__()
         self.logits = logits
+        self.temperature = temperature
 
     def forward(self, latents: Tensor, sigma: Tensor | None = None) -> Tensor:
-        return torch.softmax(self.logits(latents, sigma), dim=1)
+        return torch.softmax(self.logits(latents, sigma) / self.temperature, dim=1)
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,19 @@
-"""Train the three small models of the digits benchmark on scikit-learn's 8x8 handwritten digits.
+"""Train the four small models of the digits benchmark on scikit-learn's 8x8 handwritten digits.
 
 - a denoiser D(x, sigma) (an MLP with EDM preconditioning) that generates digit "latents";
-- the pack's style classifier (noise-aware, `embedders.train_style_classifier`) used as the
-  classifier-feature embedder of the repulsion;
-- a separate judge, a small CNN trained on clean digits only, whose class and confidence score the
-  generated samples (the embedder never grades its own work).
+- the pack's style classifier (noise-aware, `embedders.train_style_classifier`), the pack's own
+  classifier-feature embedder for the repulsion;
+- an independent latent classifier (an MLP on clean latents), a stronger classifier for the repulsion;
+- a separate judge, a small CNN trained on clean digit images only, whose class and confidence score the
+  generated samples (no embedder grades its own work).
 
 A digit latent is the standardised 8x8 image, pixel-unshuffled to [4, 4, 4]: a bijective, SD1.5-shaped
 (4-channel) latent that ComfyUI's samplers take as they are. Everything is seeded; run on the CPU:
 
     .host/venv/bin/python benchmarks/train_digits.py [--threads 1]
 
-Writes benchmarks/weights/digits_{denoiser,judge,style_classifier}.safetensors (committed: a few MB) and
-benchmarks/results/train_digits.json (figures and times).
+Writes benchmarks/weights/digits_{denoiser,judge,style_classifier,latent_classifier}.safetensors
+(committed, 4.6 MB in all) and benchmarks/results/train_digits.json (figures and times).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ RESULTS = REPO / "benchmarks" / "results"
 DENOISER_FILE = WEIGHTS / "digits_denoiser.safetensors"
 JUDGE_FILE = WEIGHTS / "digits_judge.safetensors"
 EMBEDDER_FILE = WEIGHTS / "digits_style_classifier.safetensors"
+LATENT_CLASSIFIER_FILE = WEIGHTS / "digits_latent_classifier.safetensors"
 sys.path.insert(0, str(REPO / "scripts"))
 
 import comfy_host  # noqa: E402  (standard library only: registers the pack as `particle_repulsion`)
@@ -60,9 +63,10 @@ EMA_DECAY = 0.999
 # log(sigma) ~ Normal(mean, std) for training the denoiser, as in EDM, centred for unit-variance data.
 LOG_SIGMA_MEAN, LOG_SIGMA_STD = -0.5, 1.5
 
-JUDGE_EPOCHS = 40
-JUDGE_BATCH = 64
-JUDGE_TEST_FRACTION = 0.2
+CLASSIFIER_EPOCHS = 40
+CLASSIFIER_BATCH = 64
+CLASSIFIER_TEST_FRACTION = 0.2
+LATENT_CLASSIFIER_SEED = 1  # not the judge's seed: its own initial weights, batches and test split
 EMBEDDER_EPOCHS = 60
 EMBEDDER_BATCH = 64
 
@@ -139,6 +143,23 @@ class DigitDenoiser(nn.Module):
         return self.output(hidden)
 
 
+class DigitLatentClassifier(nn.Module):
+    """An independent digit classifier for the repulsion: logits [N, 10] of clean latents [N, 4, 4, 4].
+
+    An MLP on the 64 latent values: another architecture, seed and split than the judge's, so that the
+    repulsion does not steer by the judge's own weights. `sigma` is accepted and ignored (it reads D).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        features = 4 * (IMAGE_SIDE // UNSHUFFLE) ** 2
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(features, 256), nn.ReLU(), nn.Dropout(0.2),
+                                    nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10))
+
+    def forward(self, latents: Tensor, sigma: Tensor | None = None) -> Tensor:
+        return self.layers(latents)
+
+
 class DigitJudge(nn.Module):
     """The scoring classifier: logits [N, 10] of images [N, 8, 8] (0..16 scale), temperature-calibrated."""
 
@@ -207,38 +228,53 @@ def split_indices(labels: Tensor, test_fraction: float, seed: int) -> tuple[Tens
     return torch.cat(training), torch.cat(test)
 
 
-def train_judge(data: DigitData, seed: int) -> tuple[DigitJudge, dict]:
-    """The judge trained on clean training digits, its temperature fitted on the held-out test digits."""
+def fit_classifier(name: str, build: Callable[[], nn.Module], inputs: Tensor, labels: Tensor, seed: int
+                   ) -> tuple[nn.Module, Tensor]:
+    """A classifier from `build()` trained with Adam on a per-class split of `inputs` [M, ...] (seeded by
+    `seed`), frozen in eval mode, and the held-out test indices."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    training, test = split_indices(data.labels, JUDGE_TEST_FRACTION, seed)
-    judge = DigitJudge()
-    optimiser = torch.optim.Adam(judge.parameters(), lr=1e-3, weight_decay=1e-4)
-    for epoch in range(1, JUDGE_EPOCHS + 1):
-        judge.train()
+    training, test = split_indices(labels, CLASSIFIER_TEST_FRACTION, seed)
+    model = build()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    for epoch in range(1, CLASSIFIER_EPOCHS + 1):
+        model.train()
         order = training[torch.randperm(training.numel(), generator=generator)]
-        for start in range(0, order.numel(), JUDGE_BATCH):
-            members = order[start:start + JUDGE_BATCH]
-            loss = F.cross_entropy(judge(data.images[members]), data.labels[members])
+        for start in range(0, order.numel(), CLASSIFIER_BATCH):
+            members = order[start:start + CLASSIFIER_BATCH]
+            loss = F.cross_entropy(model(inputs[members]), labels[members])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         if epoch % 10 == 0:
-            print(f"[judge] epoch {epoch}/{JUDGE_EPOCHS}  test accuracy "
-                  f"{_judge_accuracy(judge, data, test):.4f}", flush=True)
-    judge.eval().requires_grad_(False)
+            print(f"[{name}] epoch {epoch}/{CLASSIFIER_EPOCHS}  test accuracy "
+                  f"{accuracy(model, inputs[test], labels[test]):.4f}", flush=True)
+    return model.eval().requires_grad_(False), test
+
+
+def train_judge(data: DigitData, seed: int) -> tuple[DigitJudge, dict]:
+    """The judge trained on clean training digits, its temperature fitted on the held-out test digits."""
+    judge, test = fit_classifier("judge", DigitJudge, data.images, data.labels, seed)
     judge.temperature.fill_(_calibrated_temperature(judge, data.images[test], data.labels[test]))
-    return judge, {"test_accuracy": _judge_accuracy(judge, data, test), "temperature": judge.temperature.item(),
-                   "test_digits": test.numel()}
+    return judge, {"test_accuracy": accuracy(judge, data.images[test], data.labels[test]),
+                   "temperature": judge.temperature.item(), "test_digits": test.numel()}
+
+
+def train_latent_classifier(data: DigitData, seed: int) -> tuple[DigitLatentClassifier, dict]:
+    """The independent MLP classifier on clean latents, on its own split (another seed than the judge's)."""
+    classifier, test = fit_classifier("latent classifier", DigitLatentClassifier, data.latents, data.labels, seed)
+    return classifier, {"test_accuracy": accuracy(classifier, data.latents[test], data.labels[test]),
+                        "test_digits": test.numel()}
 
 
 @torch.no_grad()
-def _judge_accuracy(judge: DigitJudge, data: DigitData, indices: Tensor) -> float:
-    was_training = judge.training
-    judge.eval()
-    accuracy = (judge(data.images[indices]).argmax(dim=1) == data.labels[indices]).float().mean().item()
-    judge.train(was_training)
-    return accuracy
+def accuracy(classifier: nn.Module, inputs: Tensor, labels: Tensor) -> float:
+    """Fraction of `inputs` classified as `labels`, in eval mode (the mode is restored afterwards)."""
+    was_training = classifier.training
+    classifier.eval()
+    correct = (classifier(inputs).argmax(dim=1) == labels).float().mean().item()
+    classifier.train(was_training)
+    return correct
 
 
 def _calibrated_temperature(judge: DigitJudge, images: Tensor, labels: Tensor) -> float:
@@ -302,9 +338,12 @@ def main() -> None:
     data = load_digit_data()
     (judge, judge_figures), judge_seconds = timed("judge", lambda: train_judge(data, SEED))
     (embedder, embedder_figures), embedder_seconds = timed("embedder", lambda: train_embedder(data, SEED))
+    (latent_classifier, latent_classifier_figures), latent_classifier_seconds = timed(
+        "latent classifier", lambda: train_latent_classifier(data, LATENT_CLASSIFIER_SEED))
     (denoiser, losses), denoiser_seconds = timed(
         "denoiser", lambda: train_denoiser(data.latents, arguments.denoiser_steps, SEED))
     save_module(judge, JUDGE_FILE, {"seed": SEED, **judge_figures})
+    save_module(latent_classifier, LATENT_CLASSIFIER_FILE, {"seed": LATENT_CLASSIFIER_SEED, **latent_classifier_figures})
     save_style_embedder(EMBEDDER_FILE, embedder, {"latent_format": "digits 8x8 pixel-unshuffled to 4x4x4",
                                                   "seed": SEED})
     # float16 halves the denoiser's file (7.7 -> 3.8 MB) so that all three fit the 5 MB to be committed.
@@ -312,11 +351,12 @@ def main() -> None:
                                           "final_loss": sum(losses[-1000:]) / min(1000, len(losses))}, torch.float16)
     summary = {
         "torch": torch.__version__, "threads": arguments.threads, "seed": SEED,
-        "judge": judge_figures, "embedder": embedder_figures,
+        "judge": judge_figures, "embedder": embedder_figures, "latent_classifier": latent_classifier_figures,
         "denoiser": {"steps": arguments.denoiser_steps, "final_loss": sum(losses[-1000:]) / min(1000, len(losses)),
                      "parameters": sum(parameter.numel() for parameter in denoiser.parameters())},
-        "seconds": {"judge": judge_seconds, "embedder": embedder_seconds, "denoiser": denoiser_seconds,
-                    "total": judge_seconds + embedder_seconds + denoiser_seconds},
+        "seconds": {"judge": judge_seconds, "embedder": embedder_seconds,
+                    "latent_classifier": latent_classifier_seconds, "denoiser": denoiser_seconds,
+                    "total": judge_seconds + embedder_seconds + latent_classifier_seconds + denoiser_seconds},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_digits.json").write_text(json.dumps(summary, indent=2))
