@@ -86,22 +86,26 @@ class GaussianMixture(nn.Module):
 
 
 def methods(mixture: GaussianMixture) -> list[Method]:
-    """i.i.d. and every repulsion family, each at three strengths (windows chosen per family)."""
+    """i.i.d. and every repulsion family, each at three strengths. The pack's repulsion acts over the first 40%
+    of the steps (this mixture's modes are settled at the highest noise levels); Particle Guidance acts over
+    all of them, as in its paper."""
     posterior = ModuleRecipe("exact posterior", ClassProbabilities(mixture.logits))
     pooled = BuiltinEmbedderRecipe("pooled_grid", grid_size=4)
     early = dict(start=0.0, end=0.4)
     return [
         IID,
-        *method_family("latent RBF on x (pack default space)", (0.01, 0.02, 0.05), lambda s: RepulsionSettings(s, **early)),
+        *method_family("latent RBF on x (pack default space)", (0.01, 0.02, 0.05),
+                       lambda s: RepulsionSettings(s, **early)),
         *method_family("latent RBF on D", (0.01, 0.02, 0.05),
-                lambda s: RepulsionSettings(s, space="denoised", **early)),
+                       lambda s: RepulsionSettings(s, space="denoised", **early)),
         *method_family("pooled 4x4 RBF on D", (0.02, 0.05, 0.1),
-                lambda s: RepulsionSettings(s, space="denoised", **early), recipe=pooled),
-        *method_family("posterior RBF on x", (0.02, 0.05, 0.1), lambda s: RepulsionSettings(s, **early), recipe=posterior),
+                       lambda s: RepulsionSettings(s, space="denoised", **early), recipe=pooled),
+        *method_family("posterior RBF on x", (0.02, 0.05, 0.1), lambda s: RepulsionSettings(s, **early),
+                       recipe=posterior),
         *method_family("posterior collision on x", (0.05, 0.1, 0.2), lambda s: RepulsionSettings(s, **early),
-                recipe=posterior, kernel=CollisionKernel()),
-        *method_family("Particle Guidance on x", (10, 30, 100), lambda a: RepulsionSettings(a, strength_mode="absolute"),
-                kernel=ParticleGuidanceKernel()),
+                       recipe=posterior, kernel=CollisionKernel()),
+        *method_family("Particle Guidance on x", (10, 30, 100),
+                       lambda a: RepulsionSettings(a, strength_mode="absolute"), kernel=ParticleGuidanceKernel()),
     ]
 
 

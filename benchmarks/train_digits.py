@@ -18,6 +18,7 @@ Writes benchmarks/weights/digits_{denoiser,judge,style_classifier,latent_classif
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -80,19 +81,24 @@ class DigitData:
     labels: Tensor
 
 
-def load_digit_data() -> DigitData:
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits() -> tuple[Tensor, Tensor]:
+    """scikit-learn's digits as float64 images [M, 8, 8] (0..16) and int64 labels [M]."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)
-    return DigitData(images_to_latents(images), images, torch.tensor(digits.target, dtype=torch.long))
+    return torch.tensor(digits.images, dtype=torch.float64), torch.tensor(digits.target, dtype=torch.long)
+
+
+def load_digit_data() -> DigitData:
+    images, labels = _sklearn_digits()
+    images = images.float()
+    return DigitData(images_to_latents(images), images, labels)
 
 
 def _pixel_statistics() -> tuple[float, float]:
     """Mean and standard deviation of all digit pixels (0..16 scale): the standardisation constants."""
-    from sklearn.datasets import load_digits
-
-    pixels = torch.tensor(load_digits().images, dtype=torch.float64)
+    pixels, _ = _sklearn_digits()
     return pixels.mean().item(), pixels.std().item()
 
 
@@ -343,7 +349,8 @@ def main() -> None:
     (denoiser, losses), denoiser_seconds = timed(
         "denoiser", lambda: train_denoiser(data.latents, arguments.denoiser_steps, SEED))
     save_module(judge, JUDGE_FILE, {"seed": SEED, **judge_figures})
-    save_module(latent_classifier, LATENT_CLASSIFIER_FILE, {"seed": LATENT_CLASSIFIER_SEED, **latent_classifier_figures})
+    save_module(latent_classifier, LATENT_CLASSIFIER_FILE,
+                {"seed": LATENT_CLASSIFIER_SEED, **latent_classifier_figures})
     save_style_embedder(EMBEDDER_FILE, embedder, {"latent_format": "digits 8x8 pixel-unshuffled to 4x4x4",
                                                   "seed": SEED})
     # float16 halves the denoiser's file (7.7 -> 3.8 MB) so that all three fit the 5 MB to be committed.
