@@ -26,7 +26,9 @@ class RepulsionSettings:
         absolute mode: the thesis's alpha (units of 1 / latent^2, model- and embedder-dependent).
     space: "noisy" computes the embedding on the sampler's state x (thesis); "denoised" on the predicted
         clean latent D (Particle Guidance style; gradient w.r.t. D, never through the model).
-    start, end: the sigma window as fractions of the schedule, 0 = first step, 1 = last step.
+    start, end: the sigma window as fractions of the schedule, 0 = first step; `end` is excluded, so
+        end = k / steps repels in the first k steps (the model is never evaluated at the end of the
+        schedule, so end = 1 covers every step).
     """
 
     strength: float
@@ -69,12 +71,13 @@ def schedule_progress(sigma: float, sigmas: torch.Tensor) -> float:
 
 
 def in_window(settings: RepulsionSettings, sigma: float, sigmas: torch.Tensor | None) -> bool:
-    """Whether repulsion acts at `sigma`. Without a known schedule, the window is ignored (always on)."""
+    """Whether repulsion acts at `sigma`: start <= progress < end. Without a known schedule, the window
+    is ignored (always on)."""
     if not settings.enabled:
         return False
     if sigmas is None:
         return True
-    return settings.start <= schedule_progress(sigma, sigmas) <= settings.end
+    return settings.start <= schedule_progress(sigma, sigmas) < settings.end
 
 
 def batch_rms(tensor: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,9 @@ def repulsion_inputs() -> dict:
             "tooltip": "Start repelling at this fraction of the schedule (0 = first step)."}),
         "end": ("FLOAT", {
             "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-            "tooltip": "Stop repelling after this fraction of the schedule (1 = last step). Early steps "
-                       "decide composition; stopping at 0.5-0.7 keeps fine detail untouched."}),
+            "tooltip": "Stop repelling at this fraction of the schedule (excluded: end = k / steps repels in "
+                       "the first k steps; 1 = every step). Early steps decide composition; stopping at "
+                       "0.5-0.7 keeps fine detail untouched."}),
     }
 
 

@@ -17,9 +17,11 @@ def test_schedule_progress_between_steps_and_outside():
     assert schedule_progress(20.0, SIGMAS) == 0.0
 
 
-def test_window_selects_the_first_half_of_the_schedule():
+def test_window_end_k_over_steps_selects_the_first_k_steps():
     settings = RepulsionSettings(strength=1.0, start=0.0, end=0.5)
-    assert [in_window(settings, sigma.item(), SIGMAS) for sigma in SIGMAS] == [True, True, True, False, False]
+    assert [in_window(settings, sigma.item(), SIGMAS) for sigma in SIGMAS] == [True, True, False, False, False]
+    every_step = RepulsionSettings(strength=1.0, start=0.0, end=1.0)
+    assert all(in_window(every_step, sigma.item(), SIGMAS) for sigma in SIGMAS[:-1])
     assert in_window(settings, 123.0, None)
     assert not in_window(RepulsionSettings(strength=0.0), 3.0, SIGMAS)
 
