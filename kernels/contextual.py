@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .guidance import schedule_progress
 from .similarity import safe_row_norms
 from .vendi import _entropy_gram_gradient  # dH/dK from the spectrum, shared within kernels/
 
@@ -113,10 +112,3 @@ def select_blocks(block_count: int, first_fraction: float, last_fraction: float)
             if first_fraction <= (index + 0.5) / block_count < last_fraction]
 
 
-def in_schedule_window(sigma: float, sigmas: Tensor, start: float, end: float) -> bool:
-    """Whether noise level ``sigma`` lies in ``[start, end)`` of the schedule ``sigmas`` ``[S+1]``.
-
-    Fractions of the schedule by sigma (``kernels.guidance.schedule_progress``), never by a call
-    counter. Half-open, so ``end = tau / S`` means exactly the first tau of S steps.
-    """
-    return start <= schedule_progress(sigma, sigmas) < end

@@ -70,14 +70,20 @@ def schedule_progress(sigma: float, sigmas: torch.Tensor) -> float:
     return 1.0
 
 
+def in_schedule_window(sigma: float, sigmas: torch.Tensor, start: float, end: float) -> bool:
+    """Whether noise level `sigma` lies in `[start, end)` of the schedule `sigmas` [S+1].
+
+    Half-open, so `end = k / S` means exactly the first k of S steps (the model is never evaluated at
+    the end of the schedule, so `end = 1` covers every step).
+    """
+    return start <= schedule_progress(sigma, sigmas) < end
+
+
 def in_window(settings: RepulsionSettings, sigma: float, sigmas: torch.Tensor | None) -> bool:
-    """Whether repulsion acts at `sigma`: start <= progress < end. Without a known schedule, the window
-    is ignored (always on)."""
+    """Whether repulsion acts at `sigma`. Without a known schedule, the window is ignored (always on)."""
     if not settings.enabled:
         return False
-    if sigmas is None:
-        return True
-    return settings.start <= schedule_progress(sigma, sigmas) < settings.end
+    return sigmas is None or in_schedule_window(sigma, sigmas, settings.start, settings.end)
 
 
 def batch_rms(tensor: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ from comfy.ldm.flux.model import Flux
 from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-from ..kernels.contextual import ContextualSettings, in_schedule_window, repel_streams, select_blocks
+from ..kernels.contextual import ContextualSettings, repel_streams, select_blocks
+from ..kernels.guidance import in_schedule_window
 
 LOG = logging.getLogger("particle_repulsion")
 CATEGORY = "particle_repulsion/contextual"

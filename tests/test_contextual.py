@@ -40,7 +40,7 @@ def log_vendi(latents: torch.Tensor) -> float:
 
 
 def in_window(call: dict) -> bool:
-    from particle_repulsion.kernels.contextual import in_schedule_window
+    from particle_repulsion.kernels.guidance import in_schedule_window
 
     return in_schedule_window(call["sigma"], call["schedule"], 0.0, WINDOW_END)
 

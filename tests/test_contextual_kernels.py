@@ -10,10 +10,10 @@ from particle_repulsion.kernels import log_vendi_entropy
 from particle_repulsion.kernels.contextual import (
     ContextualSettings,
     entropy_ascent_step,
-    in_schedule_window,
     repel_streams,
     select_blocks,
 )
+from particle_repulsion.kernels.guidance import in_schedule_window
 
 FEW = settings(max_examples=30, deadline=None)
 
