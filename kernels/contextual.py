@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .similarity import safe_row_norms
-from .vendi import _entropy_gram_gradient  # dH/dK from the spectrum, shared within kernels/
+from .vendi import entropy_gram_gradient
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _ascent_mixing(gram: Tensor, norms: Tensor, step_size: float) -> Tensor:
     inverse_norms = 1 / norms
     cosines = gram * inverse_norms * inverse_norms.T
     eigenvalues, eigenvectors = torch.linalg.eigh(cosines / count)
-    unit_coefficients = 2 * _entropy_gram_gradient(eigenvalues, eigenvectors, count)
+    unit_coefficients = 2 * entropy_gram_gradient(eigenvalues, eigenvectors, count)
     tangent_coefficients = unit_coefficients - torch.diag((unit_coefficients * cosines).sum(dim=1))
     row_lengths = torch.where(torch.isinf(norms), torch.zeros_like(norms), norms)
     return step_size * row_lengths * tangent_coefficients * inverse_norms.T

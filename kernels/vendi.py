@@ -39,7 +39,7 @@ def log_vendi_gradient(features: Tensor) -> Tensor:
     rows = features.to(torch.float64)
     units = unit_rows(rows)
     eigenvalues, eigenvectors = torch.linalg.eigh(_normalised_gram(units))
-    gram_gradient = _entropy_gram_gradient(eigenvalues, eigenvectors, count)
+    gram_gradient = entropy_gram_gradient(eigenvalues, eigenvectors, count)
     unit_gradient = 2 * gram_gradient @ units  # K = Z Z^T with a symmetric dH/dK
     return _through_normalisation(unit_gradient, rows, units).to(features.dtype)
 
@@ -49,7 +49,7 @@ def _normalised_gram(units: Tensor) -> Tensor:
     return units @ units.T / units.shape[0]
 
 
-def _entropy_gram_gradient(eigenvalues: Tensor, eigenvectors: Tensor, count: int) -> Tensor:
+def entropy_gram_gradient(eigenvalues: Tensor, eigenvectors: Tensor, count: int) -> Tensor:
     """``dH/dK = -(1/N) (log(K/N) + I)`` ``[N, N]`` from the spectrum of ``K/N``.
 
     Null directions of K (eigenvalue at round-off level) get 0: their log diverges, but they are
