@@ -1,5 +1,10 @@
 """Where the ComfyUI host lives, and in-process access to `comfy.*` on the CPU.
 
+A host is a folder holding `ComfyUI/` and `venv/`. The default one, `.host/`, runs the whole suite; extra
+hosts built from other ComfyUI sources live in `.hosts/<name>/` (see setup_host.py). The selected host is
+the one named by PARTICLE_REPULSION_HOST, else the one whose virtualenv runs this Python, else `.host/`:
+`.hosts/comfyui-0.12.1/venv/bin/python -m pytest tests/test_host.py` tests ComfyUI 0.12.1.
+
 `use_comfyui_in_process()` puts the host's ComfyUI folder first on `sys.path` (CPU only), so `import comfy.sd` etc.
 work in scripts and tests that run in the host virtualenv (`.host/venv/bin/python`). Standard library
 only: `setup_host.py` reads these paths before the virtualenv exists.
@@ -12,10 +17,38 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-HOST_DIR = Path(os.environ.get("PARTICLE_REPULSION_HOST", REPO / ".host")).resolve()
-COMFYUI_DIR = HOST_DIR / "ComfyUI"
-VENV_DIR = HOST_DIR / "venv"
-VENV_PYTHON = VENV_DIR / "bin" / "python"
+DEFAULT_HOST_DIR = REPO / ".host"
+EXTRA_HOSTS_DIR = REPO / ".hosts"
+HOST_ENVIRONMENT_VARIABLE = "PARTICLE_REPULSION_HOST"
+
+
+def comfyui_dir(host_dir: Path) -> Path:
+    return host_dir / "ComfyUI"
+
+
+def venv_dir(host_dir: Path) -> Path:
+    return host_dir / "venv"
+
+
+def venv_python(host_dir: Path) -> Path:
+    return venv_dir(host_dir) / "bin" / "python"
+
+
+def selected_host_dir() -> Path:
+    """PARTICLE_REPULSION_HOST if set; else the host whose virtualenv runs this Python; else `.host/`."""
+    configured = os.environ.get(HOST_ENVIRONMENT_VARIABLE)
+    if configured:
+        return Path(configured).resolve()
+    running_venv = Path(sys.prefix)
+    if sys.prefix != sys.base_prefix and (comfyui_dir(running_venv.parent) / "main.py").is_file():
+        return running_venv.parent.resolve()
+    return DEFAULT_HOST_DIR
+
+
+HOST_DIR = selected_host_dir()
+COMFYUI_DIR = comfyui_dir(HOST_DIR)
+VENV_DIR = venv_dir(HOST_DIR)
+VENV_PYTHON = venv_python(HOST_DIR)
 PACK_LINK_NAME = "comfyui-particle-repulsion"
 PACKAGE_NAME = "particle_repulsion"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download fails on these machines

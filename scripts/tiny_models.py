@@ -11,6 +11,7 @@ Run inside the host virtualenv with ComfyUI importable (see `comfy_host.py`):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -168,13 +169,26 @@ TINY_FLUX_DIT = {
 }
 
 
+# FluxParams fields that newer ComfyUI requires and that its model detection fills for Flux 1 files
+# (`txt_ids_dims` since 0.4). Older ComfyUI has no such field and refuses it.
+FLUX1_DETECTED_FIELDS = {"txt_ids_dims": []}
+
+
+def with_detected_flux_fields(config: dict) -> dict:
+    """`config` plus the Flux 1 value of every detected field that this ComfyUI's FluxParams has."""
+    from comfy.ldm.flux.model import FluxParams
+
+    field_names = {field.name for field in dataclasses.fields(FluxParams)}
+    return {**config, **{name: value for name, value in FLUX1_DETECTED_FIELDS.items() if name in field_names}}
+
+
 def flux_layout(config: dict) -> dict[str, torch.Size]:
     """Key -> shape of a Flux diffusion-model state dict (no prefix, as UNETLoader reads it)."""
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
     with torch.device("meta"):
-        flux = Flux(**config, operations=comfy.ops.disable_weight_init)
+        flux = Flux(**with_detected_flux_fields(config), operations=comfy.ops.disable_weight_init)
     return meta_state_shapes(flux, "")
 
 
@@ -189,7 +203,7 @@ def load_tiny_flux():
     import comfy.model_patcher
     import comfy.supported_models
 
-    model_config = comfy.supported_models.Flux(TINY_FLUX_DIT)
+    model_config = comfy.supported_models.Flux(with_detected_flux_fields(TINY_FLUX_DIT))
     model_config.set_inference_dtype(torch.float32, None)
     state = tiny_flux_state()
     offload_device = comfy.model_management.unet_offload_device()

@@ -10,12 +10,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "tests" / "artifacts"
 sys.path.insert(0, str(REPO / "scripts"))
 
 import comfy_host  # noqa: E402
 
 comfy_host.register_pack_namespace()
+
+
+def artifacts_folder() -> Path:
+    """tests/artifacts/ for the default host; a sub-folder per extra host, so runs on two hosts never mix."""
+    artifacts = REPO / "tests" / "artifacts"
+    return artifacts if comfy_host.HOST_DIR == comfy_host.DEFAULT_HOST_DIR else artifacts / comfy_host.HOST_DIR.name
+
+
+ARTIFACTS = artifacts_folder()
 
 
 @pytest.fixture(scope="session")
