@@ -12,6 +12,7 @@ import latent_preview
 from ..kernels import KERNEL_NAMES
 from ..kernels.guidance import SPACES, STRENGTH_MODES, RepulsionSettings
 from .repulsion import Repulsion, patch_model, repulsive_sampler
+from .stock_sampling import stock_latent_samples, stock_sampler_output
 
 CATEGORY = "particle_repulsion/sampling"
 EMBEDDER_TOOLTIP = ("Where similarity is measured (from a Repulsion Embedder or Load Style Embedder node). "
@@ -106,13 +107,13 @@ class RepulsiveKSampler:
         sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
                                          scheduler=scheduler, denoise=denoise,
                                          model_options=model.model_options).sigmas
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        latent = stock_latent_samples(model, latent_image)
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         samples = comfy.sample.sample_custom(
             model, noise, cfg, sampler, sigmas, positive, negative, latent,
             noise_mask=latent_image.get("noise_mask"), callback=latent_preview.prepare_callback(model, steps),
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-        return ({**latent_image, "samples": samples},)
+        return (stock_sampler_output(latent_image, samples),)
 
 
 class RepulsiveSampler:
