@@ -169,17 +169,25 @@ TINY_FLUX_DIT = {
 }
 
 
-# FluxParams fields that newer ComfyUI requires and that its model detection fills for Flux 1 files
-# (`txt_ids_dims` since 0.4). Older ComfyUI has no such field and refuses it.
+def with_detected_fields(config: dict, params: type, detected: dict) -> dict:
+    """`config` plus each of the `detected` values whose field the running ComfyUI's `params` dataclass has.
+
+    `detected`: fields that newer ComfyUI requires and that its model detection fills for real files;
+    older ComfyUI has no such field and refuses it, so the dataclass itself says which to add.
+    """
+    field_names = {params_field.name for params_field in dataclasses.fields(params)}
+    return {**config, **{name: value for name, value in detected.items() if name in field_names}}
+
+
+# What ComfyUI's detection fills for Flux 1 files (`txt_ids_dims` is a required FluxParams field since 0.4).
 FLUX1_DETECTED_FIELDS = {"txt_ids_dims": []}
 
 
 def with_detected_flux_fields(config: dict) -> dict:
-    """`config` plus the Flux 1 value of every detected field that this ComfyUI's FluxParams has."""
+    """A Flux 1 network config as this ComfyUI's FluxParams wants it."""
     from comfy.ldm.flux.model import FluxParams
 
-    field_names = {field.name for field in dataclasses.fields(FluxParams)}
-    return {**config, **{name: value for name, value in FLUX1_DETECTED_FIELDS.items() if name in field_names}}
+    return with_detected_fields(config, FluxParams, FLUX1_DETECTED_FIELDS)
 
 
 def flux_layout(config: dict) -> dict[str, torch.Size]:
