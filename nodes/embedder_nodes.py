@@ -7,7 +7,7 @@ import folder_paths
 
 from ..embedders import EMBEDDER_DESCRIPTIONS, EMBEDDER_NAMES, GramEmbedder, load_style_embedder
 from .embedder_recipes import BuiltinEmbedderRecipe, GramEmbedderRecipe, StyleEmbedderRecipe
-from .model_folders import STYLE_EMBEDDERS
+from .model_folders import STYLE_EMBEDDERS, style_embedder_names
 
 CATEGORY = "particle_repulsion/embedders"
 EMBEDDER_OUTPUT_TOOLTIP = "Plug into any repulsion node's embedder input."
@@ -61,8 +61,9 @@ class LoadStyleEmbedder:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "style_embedder": (folder_paths.get_filename_list(STYLE_EMBEDDERS), {
-                "tooltip": "A .safetensors file in models/style_embedders."}),
+            "style_embedder": (style_embedder_names(), {
+                "tooltip": "A .safetensors file in models/style_embedders (names of letters, digits, '-', '_', "
+                           "'.' and spaces)."}),
         }}
 
     @classmethod

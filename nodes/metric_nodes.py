@@ -16,10 +16,12 @@ from PIL import Image, ImageDraw
 
 from ..metrics import compare_reports, diversity_report, format_report, report_figure, to_image_tensor
 from .feature_sources import ASPECTS, SOURCES, Batch, FeatureSpace, choose_feature_space
+from .validation import require_plain_text
 
 CATEGORY = "particle_repulsion/metrics"
 NO_REFERENCE = -1.0
 LABEL_BAND_HEIGHT = 18
+MAX_LABEL_LENGTH = 100  # characters: a label names a batch in one line of the report and above its plot
 
 FEATURES_TOOLTIP = (
     "What turns each image into numbers. auto: CLIP vision if connected, else the embedder (on the latent), "
@@ -226,8 +228,10 @@ class DiversityCompare:
     @classmethod
     def INPUT_TYPES(cls):
         labels = {
-            "label_a": ("STRING", {"default": "without", "tooltip": "Name of batch A in the report."}),
-            "label_b": ("STRING", {"default": "with", "tooltip": "Name of batch B in the report."}),
+            "label_a": ("STRING", {"default": "without",
+                                   "tooltip": f"Name of batch A in the report (one line, up to {MAX_LABEL_LENGTH} characters)."}),
+            "label_b": ("STRING", {"default": "with",
+                                   "tooltip": f"Name of batch B in the report (one line, up to {MAX_LABEL_LENGTH} characters)."}),
         }
         return {
             "required": {**measurement_inputs(), **labels,
@@ -244,6 +248,8 @@ class DiversityCompare:
     def compare(self, features, aspect, prompt_groups, label_a, label_b, plot_width, plot_height, images_a=None,
                 latent_a=None, images_b=None, latent_b=None, reference_images=None, reference_latent=None,
                 clip_vision=None, embedder=None, model=None):
+        require_plain_text("label_a", label_a, MAX_LABEL_LENGTH)
+        require_plain_text("label_b", label_b, MAX_LABEL_LENGTH)
         batch_a = connected_batch(f"batch A ({label_a})", images_a, latent_a, "`images_a` or `latent_a`")
         batch_b = connected_batch(f"batch B ({label_b})", images_b, latent_b, "`images_b` or `latent_b`")
         space = choose_feature_space(features, aspect, batch_a, clip_vision, embedder, model_latent_format(model))

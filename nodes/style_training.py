@@ -16,6 +16,7 @@ and `style_embedder_path` outside the server.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,24 @@ from torch import Tensor
 
 from ..embedders import EpochReport, StyleClassifier, TrainingInterrupted, save_style_embedder, train_style_classifier
 from ..embedders.style_classifier import check_class_names
+from ..embedders.style_files import check_storable_class_names, existing_file_error
 from .embedder_recipes import StyleEmbedderRecipe, latent_format_name, percent
 from .model_folders import STYLE_EMBEDDERS
+from .validation import name_problem, require_finite_number, require_plain_text, require_safe_name, shown_text
 
 LOG = logging.getLogger("particle_repulsion")
 CATEGORY = "particle_repulsion/style_training"
 STYLE_LATENTS = "STYLE_LATENTS"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-ENCODE_CHUNK = 8  # images per VAE call: bounds memory and lets Cancel act between chunks
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what PIL may parse: never EPS, PSD, ... behind a renamed file
+MAX_IMAGE_PIXELS = 50_000_000  # per image, decoded (a 45-megapixel photo passes; 10000x10000 does not)
+ENCODE_PIXEL_BUDGET = 8 * 512 * 512  # pixels per VAE call: bounds memory and lets Cancel act between chunks
+MAX_FOLDER_NAME_BYTES = 128
+MAX_FILE_STEM_BYTES = 128  # file_name without ".safetensors": room left for the partial file's suffixes
+MAX_SUBJECT_LENGTH = 1000  # characters of one subject line (CLIP reads 77 tokens at a time; longer costs memory)
+MAX_BATCH_LATENT_BYTES = 64 * 2**20  # of one training batch (its activations take several times that)
+MAX_TRAINING_LATENT_BYTES = 512 * 2**20
+FLOAT32_BYTES = 4
 EMPTY_LATENT_CHANNELS = 4  # what EmptyLatentImage makes; fix_empty_latent_channels adapts it to the model
 MAX_SEED_COUNT = 2**64  # seeds wrap around within ComfyUI's seed range
 
@@ -66,77 +77,188 @@ class StyleLatents:
 
 # --- source (a): a folder of labelled images ---------------------------------------------------------
 
-def resolve_image_folder(folder: str) -> Path:
-    """`folder` as a directory: absolute, or relative to ComfyUI's input folder."""
-    text = folder.strip()
-    if not text:
-        raise ValueError("Give the folder of style images (one sub-folder per style).")
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        path = Path(folder_paths.get_input_directory()) / path
-    if not path.is_dir():
-        raise ValueError(f"The style image folder {path} does not exist (relative folders are looked up in "
-                         "ComfyUI's input folder).")
-    return path
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder of style images (one sub-folder per style).
+
+    path: where it is. name: how messages and outputs call it (for the node, relative to ComfyUI's input
+    folder: never an absolute server path). root: every style folder and image must resolve (symlinks
+    followed) to a place inside it.
+    """
+
+    path: Path
+    name: str
+    root: Path
+
+    @classmethod
+    def local(cls, path: Path) -> "ImageFolder":
+        """A folder given on the command line: named by its path, anything on the machine allowed."""
+        resolved = path.resolve()
+        return cls(resolved, str(resolved), Path(resolved.anchor))
 
 
-def find_style_images(folder: Path) -> dict[str, list[Path]]:
-    """The images of every style: `{sub-folder name: sorted image paths}`, in sorted style order.
+@dataclass(frozen=True)
+class StyleImage:
+    """One training image: `path`, its real location (checked to lie inside the folder's root), and
+    `name`, how messages call it (the folder's name / style / file)."""
 
-    Raises ValueError unless there are two or more sub-folders, each with at least two images
-    (one to train on, one to validate).
+    path: Path
+    name: str
+
+
+def input_directory() -> Path:
+    """ComfyUI's input folder, symlinks resolved."""
+    return Path(os.path.realpath(folder_paths.get_input_directory()))
+
+
+def resolved_inside(path: Path, root: Path) -> Path | None:
+    """The real path of `path` (symlinks resolved) when it lies inside `root` (a real path), else None."""
+    real = Path(os.path.realpath(path))
+    return real if os.path.commonpath([real, root]) == str(root) else None
+
+
+def image_folder_choices() -> list[str]:
+    """The sub-folders of ComfyUI's input folder the folder node offers, sorted.
+
+    Only names `name_problem` accepts are offered (the frontend's list shows names as HTML, and anyone
+    who can reach the server can create sub-folders of input/ through its upload route), and only
+    folders whose real location lies inside input/.
+    """
+    root = input_directory()
+    choices = []
+    for entry in os.scandir(root):
+        if name_problem(entry.name, MAX_FOLDER_NAME_BYTES) is None:
+            real = resolved_inside(Path(entry.path), root)
+            if real is not None and real.is_dir():
+                choices.append(entry.name)
+    return sorted(choices)
+
+
+def offered_image_folder(folder: str) -> ImageFolder:
+    """The input sub-folder `folder`, refused unless it is one of `image_folder_choices()`."""
+    if folder not in image_folder_choices():
+        raise ValueError(f"The folder {shown_text(folder)} is not a sub-folder of ComfyUI's input folder that this "
+                         "node offers; choose one from the list (put your style images in input/<folder>/<style>/, "
+                         "using letters, digits, '-', '_', '.' and spaces in the folder's name).")
+    root = input_directory()
+    return ImageFolder(root / folder, f"input/{folder}", root)
+
+
+def find_style_images(folder: ImageFolder) -> dict[str, list[StyleImage]]:
+    """The images of every style: `{sub-folder name: its images, sorted}`, in sorted style order.
+
+    Only regular files with an image extension whose real location lies inside `folder.root` count.
+    Raises ValueError unless there are two or more sub-folders, each with at least two images (one to
+    train on, one to validate), and the sub-folder names can be stored as style names.
     """
     images_by_style = {
-        style.name: sorted(path for path in style.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
-        for style in sorted(folder.iterdir()) if style.is_dir() and not style.name.startswith(".")
+        style.name: style_images(folder, style)
+        for style in sorted(folder.path.iterdir())
+        if not style.name.startswith(".") and is_inside_directory(style, folder.root)
     }
-    layout_hint = (f"Put the images of every style in its own sub-folder of {folder} (e.g. {folder}/monet/*.png, "
-                   f"{folder}/hokusai/*.png); the sub-folder names become the style names.")
+    layout_hint = (f"Put the images of every style in its own sub-folder of {folder.name} (e.g. "
+                   f"{folder.name}/monet/*.png, {folder.name}/hokusai/*.png); the sub-folder names become the "
+                   "style names.")
     if len(images_by_style) < 2:
         raise ValueError(f"Found {len(images_by_style)} style sub-folder(s); at least two are needed. {layout_hint}")
-    too_few = [f"{style} ({len(paths)})" for style, paths in images_by_style.items() if len(paths) < 2]
+    too_few = [f"{style} ({len(images)})" for style, images in images_by_style.items() if len(images) < 2]
     if too_few:
         raise ValueError(f"Every style needs at least 2 images ({', '.join(IMAGE_EXTENSIONS)}); too few in: "
                          f"{', '.join(too_few)}. {layout_hint}")
+    check_storable_class_names(list(images_by_style))
     return images_by_style
 
 
-def read_image(path: Path, width: int, height: int) -> Tensor:
-    """The image at `path` as RGB in [0, 1], centre-cropped to `width:height` and resized: `[height, width, 3]`."""
+def is_inside_directory(path: Path, root: Path) -> bool:
+    real = resolved_inside(path, root)
+    return real is not None and real.is_dir()
+
+
+def style_images(folder: ImageFolder, style: Path) -> list[StyleImage]:
+    """The image files of one style sub-folder, sorted by name, with their real paths."""
+    images = []
+    for path in sorted(style.iterdir()):
+        real = resolved_inside(path, folder.root) if path.suffix.lower() in IMAGE_EXTENSIONS else None
+        if real is not None and real.is_file():
+            images.append(StyleImage(real, f"{folder.name}/{style.name}/{path.name}"))
+    return images
+
+
+def read_image(image: StyleImage, width: int, height: int) -> Tensor:
+    """The image as RGB in [0, 1], centre-cropped to `width:height` and area-resized: `[height, width, 3]`.
+
+    Its size is read from the file's header and refused above `MAX_IMAGE_PIXELS` before anything is
+    decoded; only the formats of `IMAGE_FORMATS` are parsed, whatever the file's extension says.
+    """
     try:
-        with Image.open(path) as image:
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+        with Image.open(image.path, formats=IMAGE_FORMATS) as opened:
+            check_image_size(opened.size, image.name)
+            rgb = ImageOps.exif_transpose(opened).convert("RGB")
+    except Image.DecompressionBombError as error:  # PIL's own guard, at twice its MAX_IMAGE_PIXELS
+        raise ValueError(too_large_message(image.name)) from error
     except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"Cannot read the image {path} ({error}); remove it or replace it.") from error
-    pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
-    resized = comfy.utils.common_upscale(pixels.movedim(-1, 0)[None], width, height, "area", "center")
-    return resized[0].movedim(0, -1)
+        reason = getattr(error, "strerror", None) or str(error).replace(str(image.path), image.name)
+        raise ValueError(f"Cannot read the image {image.name} ({reason}); remove it or replace it.") from error
+    resized = rgb.resize((width, height), Image.Resampling.BOX, box=centre_crop_box(rgb.size, width, height))
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)
 
 
-def encode_style_images(vae, images_by_style: Mapping[str, Sequence[Path]], width: int, height: int,
+def check_image_size(size: tuple[int, int], name: str) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(too_large_message(name, f" is {width}x{height} pixels"))
+
+
+def too_large_message(name: str, size_text: str = "") -> str:
+    return (f"The image {name}{size_text}: more than {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, which this node "
+            "does not decode (memory). Downscale it first.")
+
+
+def centre_crop_box(size: tuple[int, int], width: int, height: int) -> tuple[float, float, float, float]:
+    """The largest centred box `(left, top, right, bottom)` of an image of `size` with the aspect `width:height`."""
+    image_width, image_height = size
+    scale = min(image_width / width, image_height / height)
+    crop_width, crop_height = width * scale, height * scale
+    left, top = (image_width - crop_width) / 2, (image_height - crop_height) / 2
+    return left, top, left + crop_width, top + crop_height
+
+
+def encode_style_images(vae, images_by_style: Mapping[str, Sequence[StyleImage]], width: int, height: int,
                         advance: Progress, source: str) -> StyleLatents:
     """Encode every style's images with `vae` (`width` x `height` pixels), a few at a time.
 
-    `advance(count)` is called after every chunk of `count` images (a progress bar, which in the
-    server also stops the work when the user presses Cancel).
+    A chunk holds at most `ENCODE_PIXEL_BUDGET` pixels (at least one image). `advance(count)` is called
+    after every chunk of `count` images (a progress bar, which in the server also stops the work when
+    the user presses Cancel).
     """
-    labelled_paths = [(label, path) for label, paths in enumerate(images_by_style.values()) for path in paths]
+    labelled_images = [(label, image) for label, images in enumerate(images_by_style.values()) for image in images]
+    chunk_size = max(1, ENCODE_PIXEL_BUDGET // (width * height))
     chunks = []
-    for start in range(0, len(labelled_paths), ENCODE_CHUNK):
-        chunk = labelled_paths[start:start + ENCODE_CHUNK]
-        pixels = torch.stack([read_image(path, width, height) for _, path in chunk])
+    for start in range(0, len(labelled_images), chunk_size):
+        chunk = labelled_images[start:start + chunk_size]
+        pixels = torch.stack([read_image(image, width, height) for _, image in chunk])
         chunks.append(vae.encode(pixels))
         advance(len(chunk))
-    labels = torch.tensor([label for label, _ in labelled_paths], dtype=torch.int64)
+    labels = torch.tensor([label for label, _ in labelled_images], dtype=torch.int64)
     return StyleLatents(torch.cat(chunks), labels, tuple(images_by_style), source)
+
+
+def check_training_data_size(count: int, channels: int, latent_height: int, latent_width: int) -> None:
+    """Refuse, before encoding or drawing, training data over `MAX_TRAINING_LATENT_BYTES` (float32
+    latents `[count, channels, latent_height, latent_width]`; the trainer holds a few copies)."""
+    size = count * channels * latent_height * latent_width * FLOAT32_BYTES
+    if size > MAX_TRAINING_LATENT_BYTES:
+        raise ValueError(f"{count} training latents of {channels}x{latent_height}x{latent_width} take "
+                         f"{size / 2**20:.0f} MiB, over this node's {MAX_TRAINING_LATENT_BYTES // 2**20} MiB; use "
+                         "fewer images or a smaller width and height (the style classifier pools to 4x4 anyway).")
 
 
 class StyleLatentsFromFolder:
     """Source (a): a folder of labelled images encoded with the user's VAE."""
 
-    DESCRIPTION = ("Training data for Train Style Embedder from your own images: a folder with one sub-folder "
-                   "per style (the sub-folder name is the style name), each with at least 2 images "
-                   f"({', '.join(IMAGE_EXTENSIONS)}). Every image is centre-cropped and resized to width x "
+    DESCRIPTION = ("Training data for Train Style Embedder from your own images: a sub-folder of ComfyUI's input "
+                   "folder with one sub-folder per style (the sub-folder name is the style name), each with at least "
+                   f"2 images ({', '.join(IMAGE_EXTENSIONS)}). Every image is centre-cropped and resized to width x "
                    "height and encoded with the VAE of the model you will sample with.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (STYLE_LATENTS,)
@@ -148,9 +270,9 @@ class StyleLatentsFromFolder:
     def INPUT_TYPES(cls):
         return {"required": {
             "vae": ("VAE", {"tooltip": "The VAE of the model the style embedder will be used with."}),
-            "folder": ("STRING", {"default": "style_images",
-                                  "tooltip": "Folder with one sub-folder of images per style; absolute, or "
-                                             "relative to ComfyUI's input folder."}),
+            "folder": (image_folder_choices(), {
+                "tooltip": "A sub-folder of ComfyUI's input folder holding one sub-folder of images per style. "
+                           "Listed: folders whose names use letters, digits, '-', '_', '.' and spaces."}),
             "width": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8,
                               "tooltip": "Width in pixels the images are cropped and resized to before encoding."}),
             "height": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8,
@@ -158,10 +280,14 @@ class StyleLatentsFromFolder:
         }}
 
     def encode(self, vae, folder, width, height):
-        path = resolve_image_folder(folder)
-        images_by_style = find_style_images(path)
-        progress = comfy.utils.ProgressBar(sum(len(paths) for paths in images_by_style.values()))
-        return (encode_style_images(vae, images_by_style, width, height, progress.update, f"image folder {path}"),)
+        image_folder = offered_image_folder(folder)
+        images_by_style = find_style_images(image_folder)
+        count = sum(len(images) for images in images_by_style.values())
+        downscale = vae.spacial_compression_encode()
+        check_training_data_size(count, vae.latent_channels, height // downscale, width // downscale)
+        progress = comfy.utils.ProgressBar(count)
+        return (encode_style_images(vae, images_by_style, width, height, progress.update,
+                                    f"image folder {image_folder.name}"),)
 
 
 # --- source (b): images generated by the user's model from style names ------------------------------
@@ -196,14 +322,22 @@ def kept_steps(steps: int, trajectory_points: int) -> list[int]:
 
 
 def check_generation_plan(styles: Sequence[str], subjects: Sequence[str], settings: GenerationSettings) -> None:
-    """Refuse, before any drawing, a plan that cannot give every style 2 or more training latents."""
+    """Refuse, before any drawing, a plan that cannot give every style 2 or more training latents, and
+    style names or subjects too long to store or to prompt with."""
     check_class_names(styles)
+    check_storable_class_names(styles)
     if not subjects:
         raise ValueError("Give at least one subject (one per line), e.g. 'a lighthouse at dusk'.")
-    per_style = len(subjects) * settings.images_per_prompt * len(kept_steps(settings.steps, settings.trajectory_points))
+    for subject in subjects:
+        require_plain_text("subject line", subject, MAX_SUBJECT_LENGTH)
+    per_style = latents_per_style(subjects, settings)
     if per_style < 2:
         raise ValueError(f"This gives {per_style} training latent per style; every style needs at least 2. Add "
                          "subjects, images per prompt or trajectory points.")
+
+
+def latents_per_style(subjects: Sequence[str], settings: GenerationSettings) -> int:
+    return len(subjects) * settings.images_per_prompt * len(kept_steps(settings.steps, settings.trajectory_points))
 
 
 def encode_prompt(clip, text: str):
@@ -237,6 +371,9 @@ def generate_style_latents(model, clip, styles: Sequence[str], subjects: Sequenc
     """Draw `images_per_prompt` images of every "{subject} by {style}" (seed + prompt index) and keep
     their denoised predictions along the trajectory, labelled by style. `advance(1)` after every step."""
     check_generation_plan(styles, subjects, settings)
+    channels = model.get_model_object("latent_format").latent_channels
+    check_training_data_size(len(styles) * latents_per_style(subjects, settings), channels,
+                             settings.height // 8, settings.width // 8)
     steps_to_keep = kept_steps(settings.steps, settings.trajectory_points)
     negative = encode_prompt(clip, "")
     prompts = [(label, f"{subject} by {style}") for label, style in enumerate(styles) for subject in subjects]
@@ -292,6 +429,7 @@ class StyleLatentsFromPrompts:
         }}
 
     def generate(self, model, clip, styles, subjects, **settings):
+        require_finite_number("cfg", settings["cfg"])
         settings = GenerationSettings(**settings)
         style_names, subject_lines = prompt_lines(styles), prompt_lines(subjects)
         progress = comfy.utils.ProgressBar(len(style_names) * len(subject_lines) * settings.steps)
@@ -333,6 +471,15 @@ def check_latent_channels(data: StyleLatents, latent_format) -> None:
                          "latents; encode the images with this model's VAE (or draw them with this model).")
 
 
+def check_batch_size(data: StyleLatents, batch_size: int) -> None:
+    """Refuse a batch of more than `MAX_BATCH_LATENT_BYTES` of float32 latents."""
+    latent_bytes = data.latents[0].numel() * FLOAT32_BYTES
+    if min(batch_size, data.labels.numel()) * latent_bytes > MAX_BATCH_LATENT_BYTES:
+        largest = MAX_BATCH_LATENT_BYTES // latent_bytes
+        raise ValueError(f"batch_size {batch_size} is too large for latents of {tuple(data.latents.shape[1:])}: at "
+                         f"most {largest} fit in this node's {MAX_BATCH_LATENT_BYTES // 2**20} MiB per batch.")
+
+
 def train_for_model(model, data: StyleLatents, options: TrainingOptions,
                     on_epoch: EpochCallback | None = None) -> tuple[StyleClassifier, list[EpochReport]]:
     """Train a style classifier for `model`'s latents, noise levels and latent format.
@@ -341,8 +488,10 @@ def train_for_model(model, data: StyleLatents, options: TrainingOptions,
     the model's own `[sigma_min, sigma_max]`. Training stops between batches when ComfyUI's Cancel is
     pressed, and ComfyUI's own interrupt exception is raised (nothing is saved).
     """
+    require_finite_number("validation_fraction", options.validation_fraction)
     latent_format = model.get_model_object("latent_format")
     check_latent_channels(data, latent_format)
+    check_batch_size(data, options.batch_size)
     model_sampling = model.get_model_object("model_sampling")
     device = comfy.model_management.get_torch_device()
     latents = latent_format.process_in(data.latents.to(device))
@@ -366,22 +515,26 @@ def train_for_model(model, data: StyleLatents, options: TrainingOptions,
     return classifier, history
 
 
+def style_embedder_file_name(file_name: str) -> str:
+    """`file_name` (surrounding spaces dropped, ".safetensors" added if missing) once `require_safe_name`
+    accepts it; ValueError naming the input otherwise."""
+    stem = file_name.strip().removesuffix(".safetensors")
+    return require_safe_name("file_name", stem, MAX_FILE_STEM_BYTES) + ".safetensors"
+
+
 def style_embedder_path(file_name: str, overwrite: bool, folder: Path | None = None) -> Path:
-    """Where to save the style embedder `file_name` (".safetensors" added if missing).
+    """Where to save the style embedder `file_name` (checked by `style_embedder_file_name`).
 
     `folder` defaults to ComfyUI's `models/style_embedders` (created if needed). Raises ValueError for
-    a name with folders in it and FileExistsError when the file exists and `overwrite` is off.
+    an unusable name and FileExistsError when the file exists and `overwrite` is off (checked again,
+    atomically, when the file is saved).
     """
-    name = file_name.strip()
-    if not name.endswith(".safetensors"):
-        name += ".safetensors"
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"Give the style embedder a plain file name such as 'my_styles', not {file_name!r}.")
+    name = style_embedder_file_name(file_name)
     folder = folder or Path(folder_paths.get_folder_paths(STYLE_EMBEDDERS)[0])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another file name, or turn on overwrite to replace it.")
+        raise existing_file_error(name)
     return path
 
 
@@ -406,12 +559,24 @@ class TrainStyleEmbedder:
     FUNCTION = "train"
 
     @classmethod
+    def VALIDATE_INPUTS(cls, file_name):
+        """Refuse an unusable file name when the prompt is queued, before anything runs (None: linked)."""
+        if file_name is None:
+            return True
+        try:
+            style_embedder_file_name(file_name)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model whose latents and noise levels the embedder is trained for."}),
             "style_latents": (STYLE_LATENTS, {"tooltip": "From Style Latents from Folder or from Prompts."}),
             "file_name": ("STRING", {"default": "my_styles",
-                                     "tooltip": "Saved as models/style_embedders/<file_name>.safetensors."}),
+                                     "tooltip": "Saved as models/style_embedders/<file_name>.safetensors. Letters, "
+                                                "digits, '-', '_', '.' and spaces; not starting with a dot."}),
             "epochs": ("INT", {"default": 30, "min": 1, "max": 10000,
                                "tooltip": "Passes over the training latents (each with fresh noise)."}),
             "batch_size": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "Latents per training step."}),
@@ -435,7 +600,7 @@ class TrainStyleEmbedder:
             progress.update(1)
 
         classifier, _ = train_for_model(model, style_latents, options, report_epoch)
-        save_style_embedder(path, classifier, {})
+        save_style_embedder(path, classifier, {}, overwrite=overwrite)
         recipe = StyleEmbedderRecipe(classifier, label=path.name)
-        report = "\n".join([recipe.summary(), *lines, f"Saved to {path}."])
+        report = "\n".join([recipe.summary(), *lines, f"Saved as {path.name} in models/{STYLE_EMBEDDERS}."])
         return {"ui": {"text": [report]}, "result": (recipe, report)}

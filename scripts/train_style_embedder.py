@@ -28,7 +28,8 @@ from particle_repulsion.embedders import save_style_embedder  # noqa: E402
 from particle_repulsion.nodes.embedder_recipes import StyleEmbedderRecipe  # noqa: E402
 from particle_repulsion.nodes.model_folders import register_model_folders  # noqa: E402
 from particle_repulsion.nodes.style_training import (  # noqa: E402
-    TrainingOptions, encode_style_images, epoch_line, find_style_images, style_embedder_path, train_for_model,
+    ImageFolder, TrainingOptions, encode_style_images, epoch_line, find_style_images, style_embedder_path,
+    train_for_model,
 )
 
 
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     register_model_folders()
     path = style_embedder_path(arguments.name, arguments.overwrite, arguments.output_dir)
-    images_by_style = find_style_images(arguments.images.resolve())
+    image_folder = ImageFolder.local(arguments.images)
+    images_by_style = find_style_images(image_folder)
     image_count = sum(len(paths) for paths in images_by_style.values())
     print(f"{len(images_by_style)} styles, {image_count} images: {', '.join(images_by_style)}")
     model, _, vae, _ = comfy.sd.load_checkpoint_guess_config(checkpoint_path(arguments.checkpoint),
@@ -74,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with torch.inference_mode(), tqdm(total=image_count, unit="image", desc="encoding") as progress:
         data = encode_style_images(vae, images_by_style, arguments.width, arguments.height, progress.update,
-                                   f"image folder {arguments.images.resolve()}")
+                                   f"image folder {image_folder.path.name}")
     classifier, _ = train_for_model(model, data, options, report_epoch)
-    save_style_embedder(path, classifier, {})
+    save_style_embedder(path, classifier, {}, overwrite=arguments.overwrite)
     print(StyleEmbedderRecipe(classifier, label=path.name).summary())
     print(f"Saved to {path}")
     return 0

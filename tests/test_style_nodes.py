@@ -55,7 +55,8 @@ def session_files():
     yield
     for path in STYLE_EMBEDDERS_DIR.glob(f"{SESSION_TAG}-*"):
         path.unlink()
-    shutil.rmtree(INPUT_DIR / SESSION_TAG, ignore_errors=True)
+    for path in INPUT_DIR.glob(f"{SESSION_TAG}-*"):
+        shutil.rmtree(path)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def tiny_model_and_vae(comfy, tiny_checkpoint):
 
 @dataclass
 class DigitsRun:
-    folder: Path
+    folder: str  # the sub-folder of the input folder
     encoded: object  # StyleLatents as the folder node gave them
     recipe: object  # the trained StyleEmbedderRecipe
     report: str
@@ -95,13 +96,18 @@ def at_unit_variance(style_latents, model):
     return replace(style_latents, latents=style_latents.latents / sampler_space.std())
 
 
+def input_folder(stem: str) -> str:
+    """The name of a sub-folder of ComfyUI's input folder that this module writes (deleted at the end)."""
+    return f"{SESSION_TAG}-{stem}"
+
+
 @pytest.fixture(scope="module")
-def digits_run(style_training, tiny_model_and_vae, tmp_path_factory, single_thread):
+def digits_run(style_training, tiny_model_and_vae, single_thread):
     model, vae = tiny_model_and_vae
-    folder = tmp_path_factory.mktemp("digits")
-    write_digit_folders(folder, TRAINED_DIGITS, IMAGES_PER_DIGIT)
+    folder = input_folder("digits")
+    write_digit_folders(INPUT_DIR / folder, TRAINED_DIGITS, IMAGES_PER_DIGIT)
     with torch.inference_mode():
-        encoded, = style_training.StyleLatentsFromFolder().encode(vae, str(folder), DIGIT_PIXELS, DIGIT_PIXELS)
+        encoded, = style_training.StyleLatentsFromFolder().encode(vae, folder, DIGIT_PIXELS, DIGIT_PIXELS)
         started = time.process_time()
         output = style_training.TrainStyleEmbedder().train(
             model, at_unit_variance(encoded, model), file_name=embedder_file("digits"), overwrite=False,
@@ -117,7 +123,7 @@ def test_folder_source_labels_every_image_by_its_sub_folder(digits_run):
     assert encoded.class_names == tuple(f"digit{digit}" for digit in TRAINED_DIGITS)
     assert tuple(encoded.latents.shape) == (len(TRAINED_DIGITS) * IMAGES_PER_DIGIT, 4, DIGIT_PIXELS // 8, DIGIT_PIXELS // 8)
     assert torch.bincount(encoded.labels).tolist() == [IMAGES_PER_DIGIT] * len(TRAINED_DIGITS)
-    assert str(digits_run.folder) in encoded.source
+    assert encoded.source == f"image folder input/{digits_run.folder}"
 
 
 def test_trainer_reaches_ninety_percent_on_vae_encoded_digits_within_a_cpu_minute(digits_run):
@@ -187,7 +193,7 @@ def folder_source_graph(checkpoint: str, folder: str, seed: int) -> tuple[Graph,
 
 
 def test_folder_source_trains_inside_the_server_and_never_overwrites_silently(server, tiny_checkpoint):
-    relative_folder = f"{SESSION_TAG}/digits"
+    relative_folder = input_folder("server-digits")
     write_digit_folders(INPUT_DIR / relative_folder, digits=(3, 7), per_digit=3)
     graph, train = folder_source_graph(tiny_checkpoint, relative_folder, seed=0)
     report = server.run(graph.nodes).ui_text(train)[0]
@@ -198,8 +204,9 @@ def test_folder_source_trains_inside_the_server_and_never_overwrites_silently(se
     assert classifier.sigma_max == pytest.approx(SD15_SIGMA_MAX, rel=1e-4)
     assert classifier.metadata["latent_format"] == "SD15"
     assert classifier.metadata["training_latents"] == "6"
-    assert str(INPUT_DIR / relative_folder) in classifier.metadata["data_source"]
-    assert "epoch 2/2" in report and f"Saved to {saved}" in report
+    assert classifier.metadata["data_source"] == f"image folder input/{relative_folder}"
+    assert "epoch 2/2" in report and f"Saved as {saved.name} in models/style_embedders." in report
+    assert str(comfy_host.COMFYUI_DIR) not in report
 
     modified = os.stat(saved).st_mtime_ns
     graph, _ = folder_source_graph(tiny_checkpoint, relative_folder, seed=1)
@@ -208,7 +215,7 @@ def test_folder_source_trains_inside_the_server_and_never_overwrites_silently(se
 
 
 def test_cancel_in_the_server_stops_training_and_saves_nothing(server, tiny_checkpoint):
-    relative_folder = f"{SESSION_TAG}/cancelled"
+    relative_folder = input_folder("cancelled")
     write_digit_folders(INPUT_DIR / relative_folder, digits=(4, 5), per_digit=2)
     graph = Graph(tiny_checkpoint)
     graph.add("images", "ParticleRepulsionStyleLatentsFromFolder", vae=[CHECKPOINT, VAE_OUTPUT],

@@ -28,13 +28,18 @@ def write_images(folder, count, size=(12, 12)):
         Image.new("RGB", size, (index * 40, 0, 0)).save(folder / f"{index}.png")
 
 
+def local_folder(style_training, path):
+    return style_training.ImageFolder.local(path)
+
+
 def test_style_images_are_found_per_sub_folder_in_sorted_order(style_training, tmp_path):
     write_images(tmp_path / "ukiyo-e", 3)
     write_images(tmp_path / "impressionism", 2)
     (tmp_path / "impressionism" / "notes.txt").write_text("not an image")
-    found = style_training.find_style_images(tmp_path)
+    found = style_training.find_style_images(local_folder(style_training, tmp_path))
     assert list(found) == ["impressionism", "ukiyo-e"]
-    assert [path.name for path in found["impressionism"]] == ["0.png", "1.png"]
+    assert [image.path.name for image in found["impressionism"]] == ["0.png", "1.png"]
+    assert found["impressionism"][0].name == f"{tmp_path.resolve()}/impressionism/0.png"
 
 
 @pytest.mark.parametrize("counts, message", [
@@ -45,34 +50,42 @@ def test_unusable_folder_layouts_are_refused_with_the_expected_layout(style_trai
     for style, count in counts.items():
         write_images(tmp_path / style, count)
     with pytest.raises(ValueError, match=message) as refusal:
-        style_training.find_style_images(tmp_path)
+        style_training.find_style_images(local_folder(style_training, tmp_path))
     assert "own sub-folder" in str(refusal.value)
 
 
-def test_relative_folders_are_looked_up_in_the_input_folder(style_training, tmp_path, monkeypatch):
+def test_the_folder_node_offers_only_safe_sub_folders_of_the_input_folder(style_training, tmp_path, monkeypatch):
     import folder_paths
 
-    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path))
-    (tmp_path / "my styles").mkdir()
-    assert style_training.resolve_image_folder(" my styles ") == tmp_path / "my styles"
-    assert style_training.resolve_image_folder(str(tmp_path)) == tmp_path
-    with pytest.raises(ValueError, match="does not exist"):
-        style_training.resolve_image_folder("missing")
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
+    for name in ("my styles", "<img src=x onerror=alert(1)>", ".hidden", "ok-2"):
+        (tmp_path / "input" / name).mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "input" / "escape").symlink_to(tmp_path / "outside")
+    (tmp_path / "input" / "inside").symlink_to(tmp_path / "input" / "ok-2")
+    (tmp_path / "input" / "a file.png").write_bytes(b"")
+    assert style_training.image_folder_choices() == ["inside", "my styles", "ok-2"]
+    chosen = style_training.offered_image_folder("my styles")
+    assert chosen.name == "input/my styles" and chosen.path == (tmp_path / "input" / "my styles").resolve()
+    for refused in ("escape", "/etc", "../outside", "missing"):
+        with pytest.raises(ValueError, match="not a sub-folder of ComfyUI's input folder"):
+            style_training.offered_image_folder(refused)
 
 
 def test_images_are_centre_cropped_to_the_target_aspect_then_resized(style_training, tmp_path):
     thirds = np.zeros((20, 60, 3), dtype=np.uint8)
     thirds[:, :20, 0], thirds[:, 20:40, 1], thirds[:, 40:, 2] = 255, 255, 255  # red | green | blue
     Image.fromarray(thirds).save(tmp_path / "wide.png")
-    pixels = style_training.read_image(tmp_path / "wide.png", 8, 8)
+    pixels = style_training.read_image(style_training.StyleImage(tmp_path / "wide.png", "wide.png"), 8, 8)
     assert pixels.shape == (8, 8, 3)
     torch.testing.assert_close(pixels, torch.tensor([0.0, 1.0, 0.0]).expand(8, 8, 3))
 
 
 def test_an_unreadable_image_is_named_in_the_error(style_training, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="broken.png"):
-        style_training.read_image(tmp_path / "broken.png", 8, 8)
+    with pytest.raises(ValueError, match="Cannot read the image styles/broken.png") as refusal:
+        style_training.read_image(style_training.StyleImage(tmp_path / "broken.png", "styles/broken.png"), 8, 8)
+    assert str(tmp_path) not in str(refusal.value)
 
 
 def test_save_path_takes_a_plain_name_and_never_replaces_a_file_unasked(style_training, tmp_path):
@@ -83,7 +96,7 @@ def test_save_path_takes_a_plain_name_and_never_replaces_a_file_unasked(style_tr
         style_training.style_embedder_path("watercolours.safetensors", overwrite=False, folder=path.parent)
     assert style_training.style_embedder_path("watercolours", overwrite=True, folder=path.parent) == path
     for name in ("../escape", "sub/name", "", ".hidden"):
-        with pytest.raises(ValueError, match="plain file name"):
+        with pytest.raises(ValueError, match="The file_name .* cannot be used"):
             style_training.style_embedder_path(name, overwrite=True, folder=tmp_path)
 
 
@@ -197,5 +210,6 @@ def test_cli_trains_a_folder_of_images_into_a_style_embedder_file(comfy, tiny_ch
     assert loaded.metadata["latent_format"] == "SD15" and loaded.metadata["training_latents"] == "6"
     printed = capsys.readouterr().out
     assert "epoch 2/2" in printed and f"Saved to {saved}" in printed
+    assert loaded.metadata["data_source"] == "image folder images"
     with pytest.raises(FileExistsError, match="already exists"):
         train_style_embedder.main(arguments)
