@@ -25,6 +25,18 @@ def artifacts_folder() -> Path:
 
 ARTIFACTS = artifacts_folder()
 
+# Markers that select what the compatibility matrix runs on its extra hosts (scripts/host_pins.toml):
+# a test is `host` when it uses ComfyUI (its fixtures reach `comfy`), `browser` when it drives the web UI.
+MARKER_FIXTURES = {"host": "comfy", "browser": "page"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection reads the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for marker, fixture in MARKER_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
 
 @pytest.fixture(scope="session")
 def comfy():
