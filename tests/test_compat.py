@@ -1,0 +1,68 @@
+"""What changed in newer ComfyUI, checked on whichever host runs the suite (every host of the matrix).
+
+In-process, with ComfyUI's own node classes: the stock KSampler of the running ComfyUI is the reference.
+"""
+import pytest
+import torch
+
+SEED, STEPS, CFG = 3, 2, 4.0
+TEXT_WIDTH, TEXT_TOKENS = 768, 8
+
+
+def conditioning(seed: int) -> list:
+    """A CONDITIONING list as CLIPTextEncode returns it: CLIP-L-wide tokens and pooled vector, deterministic."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(1, TEXT_TOKENS, TEXT_WIDTH, generator=generator)
+    return [[tokens, {"pooled_output": torch.randn(1, TEXT_WIDTH, generator=generator)}]]
+
+
+def repulsion_defaults(node_class, strength: float) -> dict:
+    """The node's own defaults for its repulsion widgets (the ones the stock KSampler lacks), at `strength`."""
+    import nodes
+
+    stock_inputs = nodes.KSampler.INPUT_TYPES()["required"]
+    ours = node_class.INPUT_TYPES()["required"]
+    defaults = {name: (options[1]["default"] if "default" in options[1] else options[0][0])
+                for name, options in ours.items() if name not in stock_inputs}
+    return {**defaults, "strength": strength}
+
+
+@pytest.fixture(scope="module")
+def tiny_flux2(comfy):
+    """The tiny Flux 2 (latent format with 128 channels and a spatial downscale ratio of 16)."""
+    import tiny_transformers
+
+    return tiny_transformers.load(tiny_transformers.FLUX2)
+
+
+def test_repulsive_ksampler_at_strength_zero_is_the_stock_ksampler_on_a_ratio_16_model(tiny_flux2):
+    """Flux 2 with EmptyLatentImage: whatever the running stock KSampler makes of the latent (newer ComfyUI
+    resizes it to the model's downscale ratio and drops the ratio from its output), ours does the same."""
+    import nodes
+
+    from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler
+
+    assert tiny_flux2.get_model_object("latent_format").latent_channels == 128
+    shared = {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "simple",
+              "positive": conditioning(1), "negative": conditioning(2), "denoise": 1.0}
+    with torch.inference_mode():
+        (empty,) = nodes.EmptyLatentImage().generate(64, 64, 2)
+        (stock,) = nodes.KSampler().sample(tiny_flux2, latent_image=dict(empty), **shared)
+        (ours,) = RepulsiveKSampler().sample(tiny_flux2, latent_image=dict(empty), **shared,
+                                             **repulsion_defaults(RepulsiveKSampler, 0.0))
+    assert stock["samples"].shape[:2] == (2, 128)
+    assert set(ours) == set(stock)
+    assert torch.equal(ours["samples"], stock["samples"])
+
+
+def test_tiny_flux_builds_and_runs_on_this_comfyui(comfy):
+    import tiny_models
+
+    model = tiny_models.load_tiny_flux()
+    network = model.model.diffusion_model
+    assert set(network.state_dict()) == set(tiny_models.flux_layout(tiny_models.TINY_FLUX_DIT))
+    with torch.inference_mode():
+        x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+        denoised = model.model.apply_model(x, torch.tensor([1.0]), c_crossattn=conditioning(1)[0][0],
+                                           y=torch.zeros(1, TEXT_WIDTH), guidance=torch.tensor([3.5]))
+    assert denoised.shape == x.shape and torch.isfinite(denoised).all()
