@@ -48,13 +48,13 @@ def write_style_images(folder: Path, styles=("ink", "oil"), per_style: int = 3) 
             Image.fromarray(pixels).save(folder / style / f"{index}.png")
 
 
-def folder_graph(checkpoint: str, folder: str) -> Graph:
+def folder_graph(checkpoint: str, folder: str, file_name=None, **trainer_options) -> Graph:
     """A prompt encoding the input sub-folder `folder` ("images") with the tiny checkpoint's VAE and training
-    on it for 2 epochs ("train", saved under a session file name)."""
+    on it ("train", see `add_trainer`; by default saved under a session file name)."""
     graph = Graph(checkpoint)
     graph.add("images", "ParticleRepulsionStyleLatentsFromFolder", vae=[CHECKPOINT, VAE_OUTPUT], folder=folder,
               width=STYLE_PIXELS, height=STYLE_PIXELS)
-    add_trainer(graph, tagged("from-folder"), overwrite=True)
+    add_trainer(graph, file_name or tagged("from-folder"), **trainer_options)
     return graph
 
 
