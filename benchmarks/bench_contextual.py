@@ -52,8 +52,7 @@ import tiny_models  # noqa: E402
 from particle_repulsion.kernels.contextual import ContextualSettings, repel_streams  # noqa: E402
 from particle_repulsion.nodes.contextual import (  # noqa: E402
     ContextualRepulsion,
-    DoubleBlockPatch,
-    SingleBlockPatch,
+    SlotRepulsion,
     StreamRepulsion,
 )
 
@@ -109,7 +108,7 @@ def repelling_patches(patch) -> int:
     """How many repelling patches a block's chain holds (the text-token recorder wraps one on Flux)."""
     count = 0
     while patch is not None:
-        count += isinstance(patch, (DoubleBlockPatch, SingleBlockPatch))
+        count += isinstance(getattr(patch, "after_block", None), SlotRepulsion)
         patch = getattr(patch, "previous_patch", None)
     return count
 

@@ -73,7 +73,7 @@ class Slot:
         if entry is None or self.part is None:
             return entry
         split = transformer_options[LEADING_TOKENS_OPTION]
-        return entry[:, :split + 1] if self.part == LEADING else entry[:, split + 1:]
+        return entry[:, :split] if self.part == LEADING else entry[:, split:]
 
     def write(self, output, transformer_options: dict, stream: torch.Tensor):
         """A new output (dict, tuple or tensor) with `stream` in this slot; `output` is not modified."""

@@ -72,14 +72,14 @@ QWEN_IMAGE = TinyTransformer("QwenImage", {
     "axes_dims_rope": [8, 12, 12],
 })
 
-# llama_layers picks, for each of the 2 + 2 blocks, one layer of the `conditioning_llama3` hidden states.
+# llama_layers picks, for each of the 3 + 2 blocks, one layer of the `conditioning_llama3` hidden states.
 HIDREAM_LLAMA_LAYERS = 2
 HIDREAM = TinyTransformer("HiDream", {
-    "image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 2,
+    "image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 3,
     "num_single_layers": 2, "attention_head_dim": 32, "num_attention_heads": 4,
     "caption_channels": [CLIP_WIDTH, CLIP_WIDTH], "text_emb_dim": CLIP_WIDTH, "num_routed_experts": 2,
     "num_activated_experts": 1, "axes_dims_rope": [8, 12, 12], "max_resolution": [128, 128],
-    "llama_layers": [0, 1, 1, 1],
+    "llama_layers": [0, 1, 1, 1, 1],
 })
 
 LUMINA2 = TinyTransformer("Lumina2", {
@@ -96,6 +96,12 @@ ZIMAGE = TinyTransformer("ZImage", {
     "n_refiner_layers": 1, "n_heads": 8, "n_kv_heads": 8, "multiple_of": 16, "ffn_dim_multiplier": 8.0 / 3.0,
     "qk_norm": True, "cap_feat_dim": CLIP_WIDTH, "axes_dims": [8, 12, 12], "axes_lens": [1536, 512, 512],
     "rope_theta": 256.0, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
+})
+
+# AuraFlow: a text-conditioned transformer with a text stream that Contextual Repulsion does not support.
+AURAFLOW = TinyTransformer("AuraFlow", {
+    "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 128, "n_layers": 2, "n_double_layers": 1,
+    "n_heads": 4, "global_conddim": 128, "cond_seq_dim": CLIP_WIDTH, "max_seq": 64,
 })
 
 

@@ -1,24 +1,131 @@
-"""Fixtures and helpers for the contextual repulsion tests: tiny Flux and SD3, CLIP-L conditioning,
-in-process sampling, and probe patches that look at a block's output inside a real model call.
+"""Fixtures and helpers for the contextual repulsion tests: one tiny model of every supported family, CLIP-L
+conditioning, in-process sampling, and probes that look at a block's output inside a real model call.
 
-Import the fixtures into a test module (`from contextual_fixtures import tiny_flux, ...`); they build
-on the `comfy` and `tiny_checkpoint` fixtures of conftest.py.
+Import the fixtures into a test module (`from contextual_fixtures import tiny_dit, ...`); they build on
+the `comfy` and `tiny_checkpoint` fixtures of conftest.py.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
 
 import pytest
 import torch
 
 BATCH = 4
 STEPS = 4
+TEXT_TOKENS = 77  # CLIP-L's context length
+IMAGE_TOKENS = 16  # 8 x 8 latents in 2 x 2 patches
+
+
+def no_extras(tokens: torch.Tensor) -> dict:
+    return {}
+
+
+def hidream_llama_states(tokens: torch.Tensor) -> dict:
+    """HiDream also listens to hidden states of Llama layers: here, CLIP's tokens stand for each layer."""
+    import tiny_transformers
+
+    return {"conditioning_llama3": tokens.unsqueeze(1).repeat(1, tiny_transformers.HIDREAM_LLAMA_LAYERS, 1, 1)}
+
+
+def kontext_reference(tokens: torch.Tensor) -> dict:
+    """Kontext-style editing: one reference latent [1, 16, 8, 8], whose tokens join the image stream."""
+    generator = torch.Generator().manual_seed(11)
+    return {"reference_latents": [torch.randn(1, 16, 8, 8, generator=generator)]}
+
+
+def load_tiny_flux():
+    import tiny_models
+
+    return tiny_models.load_tiny_flux()
+
+
+def load_tiny_sd3():
+    """The tiny SD3, loaded from its file by ComfyUI's own detection, as UNETLoader does."""
+    import comfy.sd
+    import tiny_models
+
+    return comfy.sd.load_diffusion_model(str(tiny_models.ensure(tiny_models.TINY_SD3)))
+
+
+def tiny_transformer(name: str) -> Callable:
+    def load():
+        import tiny_transformers
+
+        return tiny_transformers.load(getattr(tiny_transformers, name))
+
+    return load
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """How the tests drive one family's tiny model.
+
+    family: the name of the node's FAMILIES row it belongs to.
+    joint_blocks: "double" or "single", the blocks whose output is one joint stream (None: no such blocks).
+    joint_tokens: how many text and image tokens that joint stream holds, in its order.
+    extras: extra conditioning keys, from CLIP's tokens [1, 77, 768].
+    """
+
+    name: str
+    family: str
+    load: Callable
+    joint_blocks: str | None = None
+    joint_tokens: dict = field(default_factory=dict)
+    extras: Callable[[torch.Tensor], dict] = no_extras
+
+
+FLUX_FAMILY, SD3_FAMILY = "Flux / Flux 2 / Kontext", "SD3 / SD3.5"
+TINY_FAMILIES = (
+    TinyFamily("flux", FLUX_FAMILY, load_tiny_flux, "single", {"text": TEXT_TOKENS, "image": IMAGE_TOKENS}),
+    TinyFamily("kontext", FLUX_FAMILY, load_tiny_flux, "single",
+               {"text": TEXT_TOKENS, "image": 2 * IMAGE_TOKENS}, kontext_reference),  # the reference's tokens too
+    # Flux 2: patch size 1 (64 image tokens); ComfyUI pads its text to 512 tokens.
+    TinyFamily("flux2", FLUX_FAMILY, tiny_transformer("FLUX2"), "single", {"text": 512, "image": 64}),
+    TinyFamily("chroma", "Chroma", tiny_transformer("CHROMA"), "single", {"text": TEXT_TOKENS, "image": IMAGE_TOKENS}),
+    TinyFamily("sd3", SD3_FAMILY, load_tiny_sd3),
+    TinyFamily("qwen_image", "Qwen-Image", tiny_transformer("QWEN_IMAGE")),
+    # HiDream's single blocks: [image | T5 and last Llama layer's tokens (kept) | this block's Llama tokens].
+    TinyFamily("hidream", "HiDream", tiny_transformer("HIDREAM"), "single",
+               {"image": IMAGE_TOKENS, "text": 3 * TEXT_TOKENS}, hidream_llama_states),
+    TinyFamily("lumina2", "Lumina 2 / Z-Image", tiny_transformer("LUMINA2"), "double",
+               {"text": TEXT_TOKENS, "image": IMAGE_TOKENS}),
+    # Z-Image pads its caption and image tokens to multiples of 32.
+    TinyFamily("zimage", "Lumina 2 / Z-Image", tiny_transformer("ZIMAGE"), "double", {"text": 96, "image": 32}),
+)
+JOINT_FAMILIES = tuple(tiny for tiny in TINY_FAMILIES if tiny.joint_blocks)
+
+
+@dataclass(frozen=True)
+class TinyDiT:
+    """A tiny family's spec and its loaded ModelPatcher."""
+
+    spec: TinyFamily
+    model: object
+
+    def conditioning(self, base: tuple[list, list]) -> tuple[list, list]:
+        """(positive, negative) with this family's extra keys added to every entry."""
+        return tuple([[tokens, {**options, **self.spec.extras(tokens)}] for tokens, options in conditioning]
+                     for conditioning in base)
+
+
+@pytest.fixture(scope="session", params=TINY_FAMILIES, ids=lambda tiny: tiny.name)
+def tiny_dit(request, comfy) -> TinyDiT:
+    """Each supported family's tiny model in turn."""
+    return TinyDiT(request.param, request.param.load())
+
+
+@pytest.fixture(scope="session", params=JOINT_FAMILIES, ids=lambda tiny: tiny.name)
+def tiny_joint_dit(request, comfy) -> TinyDiT:
+    """Each family with joint-stream blocks in turn."""
+    return TinyDiT(request.param, request.param.load())
 
 
 @pytest.fixture(scope="session")
 def tiny_flux(comfy):
     """ModelPatcher around the tiny Flux (built in memory, see scripts/tiny_models.py)."""
-    import tiny_models
-
-    return tiny_models.load_tiny_flux()
+    return load_tiny_flux()
 
 
 @pytest.fixture(scope="session")
@@ -31,11 +138,7 @@ def tiny_sd3_file(comfy) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_sd3(comfy, tiny_sd3_file):
-    """ModelPatcher of the tiny SD3, loaded by ComfyUI's own detection, as UNETLoader does."""
-    import comfy.sd
-    import folder_paths
-
-    return comfy.sd.load_diffusion_model(folder_paths.get_full_path_or_raise("diffusion_models", tiny_sd3_file))
+    return load_tiny_sd3()
 
 
 @pytest.fixture(scope="session")
@@ -61,56 +164,51 @@ def conditioning(tiny_sd15):
 
 
 def sample(model, conditioning, cfg: float, seed: int = 7, batch: int = BATCH, steps: int = STEPS) -> torch.Tensor:
-    """Final latents [batch, 16, 8, 8] of the stock KSampler path (euler, simple) on 64x64 pixels."""
+    """Final latents of the stock KSampler path (euler, simple) on 64x64 pixels, on one CPU thread (on a
+    shared CPU, more threads mostly wait on each other)."""
     import comfy.sample
+
+    from particle_repulsion.nodes.style_training import one_cpu_thread
 
     positive, negative = conditioning
     latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(batch, 4, 8, 8))
     noise = comfy.sample.prepare_noise(latent, seed)
-    with torch.inference_mode():
+    with torch.inference_mode(), one_cpu_thread(torch.device("cpu")):
         return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
                                    disable_pbar=True, seed=seed)
 
 
-def stream_of(output: dict, stream_key: str, text_tokens: int | None):
-    """The stream a probe watches in a block's output: `txt`/`img` of a double block; for a single block
-    (key `joint_text` / `joint_image`) the text or image part of the joint stream."""
-    if stream_key == "joint_text":
-        return output["img"][:, :text_tokens]
-    if stream_key == "joint_image":
-        return output["img"][:, text_tokens:]
-    return output[stream_key]
-
-
 class StreamProbe:
-    """A block patch that runs what was on the block before it (or the block) and records one stream of
-    the output at every call, with the call's sigma and cond/uncond labels. Chains like a well-behaved
-    third-party patch, so it also stands for "a patch already on the model"."""
+    """An after-block function that records one stream of a block's output at every call (where the node's
+    own hook mechanism of the family puts it), with the call's sigma and cond/uncond labels, and passes the
+    output on unchanged."""
 
-    def __init__(self, stream_key: str, previous_patch=None, text_tokens: int | None = None):
-        self.stream_key = stream_key
-        self.previous_patch = previous_patch
-        self.text_tokens = text_tokens
+    def __init__(self, slot):
+        self.slot = slot
         self.calls: list[dict] = []
 
     def __deepcopy__(self, memo):
         return self  # an instrument: every clone of the model (ModelPatcher.clone deep-copies) reports here
 
-    def __call__(self, args: dict, extra: dict) -> dict:
-        output = (self.previous_patch or (lambda a, e: e["original_block"](a)))(args, extra)
-        options = args["transformer_options"]
-        self.calls.append({"stream": stream_of(output, self.stream_key, self.text_tokens).clone(),
+    def __call__(self, output, options: dict):
+        self.calls.append({"stream": self.slot.read(output, options).clone(),
                            "sigma": float(options["sigmas"].max()), "schedule": options["sample_sigmas"],
                            "chunks": list(options["cond_or_uncond"])})
         return output
 
 
-def add_probe(model, block: tuple[str, int], stream_key: str, text_tokens: int | None = None):
-    """A clone of `model` with a StreamProbe on `block`, chained to what was there; returns (clone, probe)."""
-    probed = model.clone()
-    existing = probed.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    probe = StreamProbe(stream_key, existing.get(block), text_tokens)
-    probed.set_model_patch_replace(probe, "dit", block[0], block[1])
+def add_probe(model, block_kind: str, index: int, slot=None):
+    """A clone of `model` with a StreamProbe after block `index` of its family's `block_kind` ("double" or
+    "single") blocks, reading `slot` (default: the text stream); returns (clone, probe).
+
+    A probe added before the node's patch sees the block's output before repulsion, one added after sees
+    it after: both hook mechanisms run later additions after earlier ones."""
+    from particle_repulsion.nodes.contextual import model_family
+
+    family = model_family(model)
+    blocks = getattr(family, block_kind)
+    probed, probe = model.clone(), StreamProbe(slot or blocks.text)
+    family.hook.install(probed, blocks, index, probe)
     return probed, probe
 
 

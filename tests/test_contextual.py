@@ -1,4 +1,4 @@
-"""The Contextual Repulsion node inside the real ComfyUI host, on tiny Flux and SD3 models."""
+"""The Contextual Repulsion node inside the real ComfyUI host, on a tiny model of every supported family."""
 import logging
 
 import pytest
@@ -6,20 +6,21 @@ import torch
 
 from contextual_fixtures import (  # noqa: F401  (fixtures are used by name)
     STEPS,
+    TINY_FAMILIES,
     add_probe,
     chunk_entropies,
     conditioning,
     sample,
+    tiny_dit,
     tiny_flux,
+    tiny_joint_dit,
     tiny_sd3,
     tiny_sd3_file,
     tiny_sd15,
 )
 from graphs import CHECKPOINT, Graph
 
-TEXT_TOKENS = 77  # CLIP-L's context length
-IMAGE_TOKENS = 16  # 8 x 8 latents in 2 x 2 patches
-PROBED_BLOCK = ("double_block", 1)  # in the default middle third of both tiny models (3 and 4 blocks)
+PROBED_BLOCK = 1  # the double block in the default middle third of every tiny model (3 or 4 blocks)
 WINDOW_END = 0.5  # the first 2 of the 4 steps
 STRONG = {"step_size": 0.3, "iterations": 2}
 
@@ -45,21 +46,32 @@ def in_window(call: dict) -> bool:
     return in_schedule_window(call["sigma"], call["schedule"], 0.0, WINDOW_END)
 
 
-@pytest.fixture(params=["flux", "sd3"])
-def tiny_dit(request):
-    """ModelPatcher of each tiny diffusion transformer in turn."""
-    return request.getfixturevalue(f"tiny_{request.param}")
+def test_every_family_of_the_node_is_present_on_this_comfyui(comfy):
+    from particle_repulsion.nodes.contextual import FAMILIES
+
+    missing = [family.name for family in FAMILIES if family.network_class() is None]
+    assert not missing, f"this ComfyUI lacks the network class of {missing}"
+    assert {family.name for family in FAMILIES} == {tiny.family for tiny in TINY_FAMILIES}  # each one is tested
+
+
+def test_each_tiny_model_is_recognised_as_its_family(tiny_dit):
+    from particle_repulsion.nodes.contextual import model_family
+
+    assert model_family(tiny_dit.model).name == tiny_dit.spec.family
 
 
 def test_step_size_zero_is_bit_identical_to_the_unpatched_model(tiny_dit, conditioning):
-    every_block = contextual(tiny_dit, 0.0, blocks="double + single", block_start=0.0, block_end=1.0, end=1.0)
-    assert torch.equal(sample(every_block, conditioning, cfg=3.0), sample(tiny_dit, conditioning, cfg=3.0))
+    every_block = contextual(tiny_dit.model, 0.0, blocks="double + single", block_start=0.0, block_end=1.0, end=1.0)
+    family_conditioning = tiny_dit.conditioning(conditioning)
+    assert torch.equal(sample(every_block, family_conditioning, cfg=3.0),
+                       sample(tiny_dit.model, family_conditioning, cfg=3.0))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_repulsion_raises_the_vendi_score_of_the_final_latents(tiny_dit, conditioning, seed):
-    plain = sample(contextual(tiny_dit, 0.0), conditioning, cfg=3.0, seed=seed)
-    repelled = sample(contextual(tiny_dit, **STRONG), conditioning, cfg=3.0, seed=seed)
+    family_conditioning = tiny_dit.conditioning(conditioning)
+    plain = sample(tiny_dit.model, family_conditioning, cfg=3.0, seed=seed)
+    repelled = sample(contextual(tiny_dit.model, **STRONG), family_conditioning, cfg=3.0, seed=seed)
     assert torch.isfinite(repelled).all()
     assert log_vendi(repelled) > log_vendi(plain)
 
@@ -70,14 +82,13 @@ def test_every_block_including_the_last_sd3_block_runs_with_repulsion(tiny_sd3, 
     assert torch.isfinite(repelled).all()
 
 
-@pytest.fixture(scope="module", params=["flux", "sd3"])
-def probed_run(request, conditioning):
-    """One sampling run (cfg 3: cond and uncond in one batch) with probes on block 1's text stream just
-    before and just after the node's patch. Returns (calls before, calls after)."""
-    model = request.getfixturevalue(f"tiny_{request.param}")
-    inner_model, before = add_probe(model, PROBED_BLOCK, "txt")
-    outer_model, after = add_probe(contextual(inner_model, **STRONG), PROBED_BLOCK, "txt")
-    sample(outer_model, conditioning, cfg=3.0)
+@pytest.fixture(scope="module")
+def probed_run(tiny_dit, conditioning):
+    """One sampling run (cfg 3: cond and uncond in one batch) with probes on the text stream of double
+    block 1 just before and just after the node's repulsion. Returns (calls before, calls after)."""
+    inner_model, before = add_probe(tiny_dit.model, "double", PROBED_BLOCK)
+    outer_model, after = add_probe(contextual(inner_model, **STRONG), "double", PROBED_BLOCK)
+    sample(outer_model, tiny_dit.conditioning(conditioning), cfg=3.0)
     assert len(before.calls) == len(after.calls) == STEPS
     return before.calls, after.calls
 
@@ -112,22 +123,30 @@ def test_cond_and_uncond_are_repelled_separately(probed_run):
         assert not torch.allclose(after["stream"], mixed, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("stream, moved, kept", [("text", "joint_text", "joint_image"),
-                                                 ("image", "joint_image", "joint_text")])
-def test_flux_single_blocks_repel_the_chosen_part_of_the_joint_stream(tiny_flux, conditioning, stream, moved, kept):
-    block, model, probes = ("single_block", 0), tiny_flux, {}
-    for key in (moved, kept):
-        model, probes[("before", key)] = add_probe(model, block, key, TEXT_TOKENS)
-    model = contextual(model, **STRONG, stream=stream, blocks="double + single", block_start=0.0, block_end=1.0)
-    for key in (moved, kept):
-        model, probes[("after", key)] = add_probe(model, block, key, TEXT_TOKENS)
-    sample(model, conditioning, cfg=1.0)
+@pytest.mark.parametrize("stream", ["text", "image"])
+def test_joint_blocks_repel_exactly_the_chosen_part_of_the_joint_stream(tiny_joint_dit, conditioning, stream):
+    """The joint stream, recorded whole around the first joint block, is split here by the known token
+    counts of the tiny model and its conditioning, independently of the node's own split."""
+    from particle_repulsion.nodes.contextual import Slot, model_family
 
-    first_before, first_after = probes[("before", moved)].calls[0], probes[("after", moved)].calls[0]
-    assert first_before["stream"].shape[1] == (TEXT_TOKENS if stream == "text" else IMAGE_TOKENS)
-    assert chunk_entropies(first_after["stream"], 1)[0] > chunk_entropies(first_before["stream"], 1)[0]
-    for untouched_before, untouched_after in zip(probes[("before", kept)].calls, probes[("after", kept)].calls):
-        assert torch.equal(untouched_before["stream"], untouched_after["stream"])
+    spec, blocks = tiny_joint_dit.spec, tiny_joint_dit.spec.joint_blocks
+    whole_stream = Slot(getattr(model_family(tiny_joint_dit.model), blocks).text.key)
+    model, before = add_probe(tiny_joint_dit.model, blocks, 0, whole_stream)
+    model = contextual(model, **STRONG, stream=stream, blocks="double + single", block_start=0.0, block_end=1.0)
+    model, after = add_probe(model, blocks, 0, whole_stream)
+    sample(model, tiny_joint_dit.conditioning(conditioning), cfg=1.0)
+
+    order = list(spec.joint_tokens)
+    assert before.calls[0]["stream"].shape[1] == sum(spec.joint_tokens.values())
+    for call_before, call_after in zip(before.calls, after.calls):
+        parts_before = dict(zip(order, call_before["stream"].split(list(spec.joint_tokens.values()), dim=1)))
+        parts_after = dict(zip(order, call_after["stream"].split(list(spec.joint_tokens.values()), dim=1)))
+        kept = "image" if stream == "text" else "text"
+        assert torch.equal(parts_before[kept], parts_after[kept])
+        if in_window(call_before):
+            assert chunk_entropies(parts_after[stream], 1)[0] > chunk_entropies(parts_before[stream], 1)[0]
+        else:
+            assert torch.equal(parts_before[stream], parts_after[stream])
 
 
 class HalveImageStream:
@@ -146,28 +165,41 @@ class HalveImageStream:
 
 
 def test_the_patch_chains_with_a_block_patch_already_on_the_model(tiny_flux, conditioning):
-    from particle_repulsion.nodes.contextual import DoubleBlockPatch
+    from particle_repulsion.nodes.contextual import ChainedBlockPatch
 
+    block = ("double_block", PROBED_BLOCK)
     existing = HalveImageStream()
     with_existing = tiny_flux.clone()
-    with_existing.set_model_patch_replace(existing, "dit", *PROBED_BLOCK)
+    with_existing.set_model_patch_replace(existing, "dit", *block)
     existing_only = sample(with_existing, conditioning, cfg=1.0)
     calls_per_run = existing.calls
     chained_off = sample(contextual(with_existing, 0.0), conditioning, cfg=1.0)
     chained_on = contextual(with_existing, **STRONG)
     repelled = sample(chained_on, conditioning, cfg=1.0)
 
-    installed = chained_on.model_options["transformer_options"]["patches_replace"]["dit"][PROBED_BLOCK]
-    assert isinstance(installed, DoubleBlockPatch) and installed.previous_patch is existing
+    installed = chained_on.model_options["transformer_options"]["patches_replace"]["dit"][block]
+    assert isinstance(installed, ChainedBlockPatch) and installed.previous_patch is existing
     assert calls_per_run == STEPS and existing.calls == 3 * STEPS  # the existing patch ran in every run
     assert not torch.equal(existing_only, sample(tiny_flux, conditioning, cfg=1.0))
     assert torch.equal(chained_off, existing_only)  # its effect is kept, bit for bit
     assert not torch.allclose(repelled, existing_only)  # and ours acted on top of it
 
 
-def test_the_patch_lives_on_a_clone(tiny_flux):
-    contextual(tiny_flux, **STRONG)
-    assert "patches_replace" not in tiny_flux.model_options["transformer_options"]
+def test_the_patch_lives_on_a_clone(tiny_dit):
+    untouched = repr(tiny_dit.model.model_options), repr(tiny_dit.model.wrappers)
+    patched = contextual(tiny_dit.model, **STRONG)
+    assert (repr(tiny_dit.model.model_options), repr(tiny_dit.model.wrappers)) == untouched
+    assert (repr(patched.model_options), repr(patched.wrappers)) != untouched
+
+
+def test_forward_hooks_last_one_model_call_and_leave_the_shared_network_plain(tiny_dit, conditioning):
+    family_conditioning = tiny_dit.conditioning(conditioning)
+    plain_before = sample(tiny_dit.model, family_conditioning, cfg=3.0)
+    sample(contextual(tiny_dit.model, **STRONG, blocks="double + single", block_start=0.0, block_end=1.0),
+           family_conditioning, cfg=3.0)
+    hooked = [name for name, module in tiny_dit.model.model.diffusion_model.named_modules() if module._forward_hooks]
+    assert not hooked
+    assert torch.equal(sample(tiny_dit.model, family_conditioning, cfg=3.0), plain_before)
 
 
 def test_a_batch_of_one_skips_with_a_warning(tiny_flux, conditioning, caplog):
@@ -182,6 +214,15 @@ def test_a_unet_model_is_refused_with_a_pointer_to_the_repulsive_sampler(tiny_sd
 
     with pytest.raises(UnsupportedModel, match="Repulsive Sampler"):
         contextual(tiny_sd15[0], **STRONG)
+
+
+def test_an_unsupported_transformer_family_is_refused_by_name(comfy):
+    import tiny_transformers
+
+    from particle_repulsion.nodes.contextual import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="does not support AuraFlow models .*it supports Flux"):
+        contextual(tiny_transformers.load(tiny_transformers.AURAFLOW), **STRONG)
 
 
 def test_an_empty_block_range_is_refused(tiny_sd3):
