@@ -117,6 +117,12 @@ def resolved_inside(path: Path, root: Path) -> Path | None:
     return real if os.path.commonpath([real, root]) == str(root) else None
 
 
+def is_inside_directory(path: Path, root: Path) -> bool:
+    """True when `path` is a directory whose real location lies inside `root` (a real path)."""
+    real = resolved_inside(path, root)
+    return real is not None and real.is_dir()
+
+
 def image_folder_choices() -> list[str]:
     """The sub-folders of ComfyUI's input folder the folder node offers, sorted.
 
@@ -125,13 +131,11 @@ def image_folder_choices() -> list[str]:
     folders whose real location lies inside input/.
     """
     root = input_directory()
-    choices = []
-    for entry in os.scandir(root):
-        if name_problem(entry.name, MAX_FOLDER_NAME_BYTES) is None:
-            real = resolved_inside(Path(entry.path), root)
-            if real is not None and real.is_dir():
-                choices.append(entry.name)
-    return sorted(choices)
+    if not root.is_dir():  # INPUT_TYPES must not fail: the whole node would vanish from the UI
+        return []
+    return sorted(entry.name for entry in os.scandir(root)
+                  if name_problem(entry.name, MAX_FOLDER_NAME_BYTES) is None
+                  and is_inside_directory(Path(entry.path), root))
 
 
 def offered_image_folder(folder: str) -> ImageFolder:
@@ -167,11 +171,6 @@ def find_style_images(folder: ImageFolder) -> dict[str, list[StyleImage]]:
                          f"{', '.join(too_few)}. {layout_hint}")
     check_storable_class_names(list(images_by_style))
     return images_by_style
-
-
-def is_inside_directory(path: Path, root: Path) -> bool:
-    real = resolved_inside(path, root)
-    return real is not None and real.is_dir()
 
 
 def style_images(folder: ImageFolder, style: Path) -> list[StyleImage]:
@@ -227,12 +226,12 @@ def encode_style_images(vae, images_by_style: Mapping[str, Sequence[StyleImage]]
                         advance: Progress, source: str) -> StyleLatents:
     """Encode every style's images with `vae` (`width` x `height` pixels), a few at a time.
 
-    A chunk holds at most `ENCODE_PIXEL_BUDGET` pixels (at least one image). `advance(count)` is called
+    A chunk holds `images_per_chunk` images. `advance(count)` is called
     after every chunk of `count` images (a progress bar, which in the server also stops the work when
     the user presses Cancel).
     """
     labelled_images = [(label, image) for label, images in enumerate(images_by_style.values()) for image in images]
-    chunk_size = max(1, ENCODE_PIXEL_BUDGET // (width * height))
+    chunk_size = images_per_chunk(width, height)
     chunks = []
     for start in range(0, len(labelled_images), chunk_size):
         chunk = labelled_images[start:start + chunk_size]
@@ -241,6 +240,11 @@ def encode_style_images(vae, images_by_style: Mapping[str, Sequence[StyleImage]]
         advance(len(chunk))
     labels = torch.tensor([label for label, _ in labelled_images], dtype=torch.int64)
     return StyleLatents(torch.cat(chunks), labels, tuple(images_by_style), source)
+
+
+def images_per_chunk(width: int, height: int) -> int:
+    """How many `width` x `height` images one VAE call encodes: `ENCODE_PIXEL_BUDGET` pixels, at least one."""
+    return max(1, ENCODE_PIXEL_BUDGET // (width * height))
 
 
 def check_training_data_size(count: int, channels: int, latent_height: int, latent_width: int) -> None:
