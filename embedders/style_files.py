@@ -83,12 +83,18 @@ def save_style_embedder(path: str | os.PathLike, model: StyleClassifier, metadat
     path = Path(path)
     tensors = {key: tensor.detach().to("cpu", torch.float32).contiguous() for key, tensor in model.state_dict().items()}
     contents = serialise(tensors, metadata=_file_metadata(model, metadata))
-    remove_stale_partial_files(path.parent)
-    partial_path = _written_partial_file(path, contents)
     try:
-        _move_into_place(partial_path, path, overwrite)
-    finally:
-        partial_path.unlink(missing_ok=True)
+        remove_stale_partial_files(path.parent)
+        partial_path = _written_partial_file(path, contents)
+        try:
+            _move_into_place(partial_path, path, overwrite)
+        finally:
+            partial_path.unlink(missing_ok=True)
+    except FileExistsError:
+        raise
+    except OSError as error:  # its own text names the folder: keep only the reason
+        raise OSError(f"Cannot write the style embedder {path.name} ({error.strerror or type(error).__name__}).") \
+            from None
 
 
 def _written_partial_file(path: Path, contents: bytes) -> Path:

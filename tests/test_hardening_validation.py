@@ -78,3 +78,13 @@ def test_a_chunk_of_images_for_the_vae_stays_within_the_pixel_budget(style_train
     assert style_training.images_per_chunk(512, 512) == 8
     assert style_training.images_per_chunk(64, 64) == 512
     assert style_training.images_per_chunk(4096, 4096) == 1  # 16.8 megapixels: one image per VAE call
+
+
+def test_a_failed_save_names_the_file_and_not_its_folder(comfy, tmp_path):
+    from particle_repulsion.embedders import StyleClassifier, save_style_embedder
+
+    (tmp_path / "not a folder").write_text("a file where the folder should be")
+    classifier = StyleClassifier(4, ["ink", "oil"], sigma_min=0.03, sigma_max=14.6)
+    with pytest.raises(OSError, match=r"Cannot write the style embedder x.safetensors \(Not a directory\)") as failure:
+        save_style_embedder(tmp_path / "not a folder" / "x.safetensors", classifier, {"latent_format": "SD15"})
+    assert str(tmp_path) not in str(failure.value)
