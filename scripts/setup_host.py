@@ -204,6 +204,12 @@ class ExtraHost:
         suffix = f"-frontend-{self.frontend}" if self.frontend else ""
         return f"comfyui-{self.comfyui_version}{suffix}"
 
+    @cached_property
+    def frontend_version(self) -> str:
+        """The comfyui-frontend-package version this host runs: the override, else the source's pin."""
+        pins = {requirement_name(requirement): requirement for requirement in host_requirements(self)}
+        return pins.get(FRONTEND_PACKAGE, "?").split("==")[-1]
+
     @property
     def directory(self) -> Path:
         return EXTRA_HOSTS_DIR / self.name
@@ -339,12 +345,17 @@ def unpack_source_archive(source: Path, target_dir: Path) -> None:
     shutil.rmtree(staging)
 
 
+def requirement_name(requirement: str) -> str:
+    """The normalised package name of a requirements.txt line ('Pillow>=9' -> 'pillow')."""
+    return re.split(r"[<>=~!\[;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
 def host_requirements(host: ExtraHost) -> list[str]:
     """The source's requirements.txt without the torch stack, its frontend pin replaced if asked."""
     requirements = []
     for line in read_source_file(host.source, "requirements.txt").splitlines():
         requirement = line.split("#")[0].strip()
-        name = re.split(r"[<>=~!\[;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        name = requirement_name(requirement)
         if not requirement or name in SHARED_ONLY_PACKAGES:
             continue
         if name == FRONTEND_PACKAGE and host.frontend:
@@ -397,13 +408,14 @@ def matrix_hosts(pins: dict) -> list[tuple[ExtraHost, dict]]:
              entry) for entry in pins.get("matrix", [])]
 
 
-def requested_extra_host(arguments: argparse.Namespace, pins: dict) -> ExtraHost | None:
-    """The host asked for by --comfyui / PARTICLE_REPULSION_COMFYUI, with the matrix's constraints for that source."""
-    source = arguments.comfyui or os.environ.get(COMFYUI_SOURCE_VARIABLE)
+def requested_extra_host(pins: dict, source: str | None = None, frontend: str | None = None) -> ExtraHost | None:
+    """The host asked for by --comfyui (`source`) or PARTICLE_REPULSION_COMFYUI, with --frontend or
+    PARTICLE_REPULSION_FRONTEND, and the matrix's constraints for that source."""
+    source = source or os.environ.get(COMFYUI_SOURCE_VARIABLE)
     if not source:
         return None
     source_path = Path(source).expanduser().resolve()
-    frontend = arguments.frontend or os.environ.get(FRONTEND_VARIABLE)
+    frontend = frontend or os.environ.get(FRONTEND_VARIABLE)
     known = {host.source: host.constraints for host, _ in matrix_hosts(pins)}
     return ExtraHost(source_path, frontend, known.get(source_path, ()))
 
@@ -461,7 +473,7 @@ def main() -> int:
     arguments = parse_arguments()
     try:
         pins = load_pins()
-        requested = requested_extra_host(arguments, pins)
+        requested = requested_extra_host(pins, arguments.comfyui, arguments.frontend)
         if arguments.print_python:
             print(venv_python(requested.directory if requested else DEFAULT_HOST_DIR))
             return 0
