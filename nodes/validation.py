@@ -44,12 +44,12 @@ def name_problem(name: str, max_bytes: int) -> str | None:
     """
     if not name:
         return "it is empty"
+    if len(name.encode("utf-8")) > max_bytes:  # first: the cheap check bounds the character scan below
+        return f"it is longer than {max_bytes} bytes"
     refused = sorted({character for character in name if not (character.isalnum() or character in NAME_PUNCTUATION)})
     if refused:
         shown = ", ".join(repr(character) for character in refused[:5])
         return f"it holds characters other than letters, digits, '-', '_', '.' and space: {shown}"
-    if len(name.encode("utf-8")) > max_bytes:
-        return f"it is longer than {max_bytes} bytes"
     if name[0] in ". " or name[-1] == " ":
         return "it starts with a dot or a space, or ends with a space"
     if name.split(".")[0].upper() in WINDOWS_DEVICE_NAMES:
