@@ -69,8 +69,8 @@ def planned_runs(pins: dict, requested: setup_host.ExtraHost | None) -> tuple[li
         if host.source.exists():
             runs.append(extra_run(host, entry["tests"]))
         else:
-            not_run.append(f"NOT RUN: matrix host '{entry['comfyui']}'{' with frontend ' + host.frontend if host.frontend else ''}"
-                           f" (tests marked '{entry['tests']}'): its source {host.source} is not there")
+            not_run.append(f"NOT RUN: ComfyUI {entry['version']} with frontend {entry['frontend']} (tests marked "
+                           f"'{entry['tests']}'): its source {host.source} is not there")
     if requested:
         runs.append(extra_run(requested, EVERY_TEST_USING_COMFYUI))
     return runs, not_run

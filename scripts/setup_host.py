@@ -192,31 +192,39 @@ class ExtraHost:
     """A host built from a ComfyUI source (folder, .tar.gz or .zip), optionally with another frontend."""
 
     source: Path
-    frontend: str | None = None  # a comfyui-frontend-package version replacing the source's pin
+    frontend: str | None = None  # the comfyui-frontend-package version to run; None: the source's own pin
     constraints: tuple[str, ...] = ()  # versions for requirements the source leaves open
+    expected_version: str | None = None  # the matrix's pin: setup stops if the source is another version
 
     @cached_property
     def comfyui_version(self) -> str:
         return read_comfyui_version(self.source)
 
+    @cached_property
+    def source_frontend(self) -> str:
+        """The frontend version the source's requirements.txt pins ('?' when it pins none)."""
+        for line in read_source_file(self.source, "requirements.txt").splitlines():
+            requirement = line.split("#")[0].strip()
+            if requirement_name(requirement) == FRONTEND_PACKAGE and "==" in requirement:
+                return requirement.split("==")[1].strip()
+        return "?"
+
+    @property
+    def frontend_version(self) -> str:
+        return self.frontend or self.source_frontend
+
     @property
     def name(self) -> str:
-        suffix = f"-frontend-{self.frontend}" if self.frontend else ""
+        """`comfyui-<version>`, with `-frontend-<version>` when it runs another frontend than the source's."""
+        suffix = f"-frontend-{self.frontend_version}" if self.frontend_version != self.source_frontend else ""
         return f"comfyui-{self.comfyui_version}{suffix}"
-
-    @cached_property
-    def frontend_version(self) -> str:
-        """The comfyui-frontend-package version this host runs: the override, else the source's pin."""
-        pins = {requirement_name(requirement): requirement for requirement in host_requirements(self)}
-        return pins.get(FRONTEND_PACKAGE, "?").split("==")[-1]
 
     @property
     def directory(self) -> Path:
         return EXTRA_HOSTS_DIR / self.name
 
     def describe(self) -> str:
-        frontend = f" with frontend {self.frontend}" if self.frontend else ""
-        return f"ComfyUI {self.comfyui_version}{frontend} ({self.source})"
+        return f"ComfyUI {self.comfyui_version} with frontend {self.frontend_version} ({self.source})"
 
 
 VERSION_ASSIGNMENT = re.compile(r"""__version__\s*=\s*["']([^"']+)["']""")
@@ -358,8 +366,8 @@ def host_requirements(host: ExtraHost) -> list[str]:
         name = requirement_name(requirement)
         if not requirement or name in SHARED_ONLY_PACKAGES:
             continue
-        if name == FRONTEND_PACKAGE and host.frontend:
-            requirement = f"{FRONTEND_PACKAGE}=={host.frontend}"
+        if name == FRONTEND_PACKAGE:
+            requirement = f"{FRONTEND_PACKAGE}=={host.frontend_version}"
         requirements.append(requirement)
     return requirements
 
@@ -396,6 +404,9 @@ def setup_layered_virtualenv(host: ExtraHost) -> None:
 
 
 def setup_extra_host(host: ExtraHost) -> Path:
+    if host.expected_version and host.comfyui_version != host.expected_version:
+        raise SetupError(f"step 'check the ComfyUI version' failed: {host.source} is ComfyUI {host.comfyui_version}, "
+                         f"scripts/host_pins.toml expects {host.expected_version}")
     install_comfyui_source(host)
     setup_layered_virtualenv(host)
     link_pack(host.directory)
@@ -404,8 +415,8 @@ def setup_extra_host(host: ExtraHost) -> Path:
 
 def matrix_hosts(pins: dict) -> list[tuple[ExtraHost, dict]]:
     """Every extra host of the compatibility matrix, with its matrix entry (source path relative to the repo)."""
-    return [(ExtraHost((REPO / entry["comfyui"]).resolve(), entry.get("frontend"), tuple(entry.get("constraints", ()))),
-             entry) for entry in pins.get("matrix", [])]
+    return [(ExtraHost((REPO / entry["comfyui"]).resolve(), entry.get("frontend"), tuple(entry.get("constraints", ())),
+                       entry.get("version")), entry) for entry in pins.get("matrix", [])]
 
 
 def requested_extra_host(pins: dict, source: str | None = None, frontend: str | None = None) -> ExtraHost | None:
