@@ -12,7 +12,7 @@ The default host, `.host/` (gitignored), runs the whole suite:
 
 Extra hosts come from any ComfyUI source tree or archive (`--comfyui PATH` or PARTICLE_REPULSION_COMFYUI,
 optionally with another frontend: `--frontend VERSION` or PARTICLE_REPULSION_FRONTEND) and land in
-`.hosts/comfyui-<version>[-frontend-<version>]/`:
+`.hosts/comfyui-<version>[-local-<hash of its path>][-frontend-<version>]/`:
 
     ComfyUI/            a copy of the source (its models/, output/, user/, custom_nodes/ left out)
     venv/               a layered virtualenv: only the packages in which that ComfyUI's requirements
@@ -195,6 +195,7 @@ class ExtraHost:
     frontend: str | None = None  # the comfyui-frontend-package version to run; None: the source's own pin
     constraints: tuple[str, ...] = ()  # versions for requirements the source leaves open
     expected_version: str | None = None  # the matrix's pin: setup stops if the source is another version
+    tag: str = ""  # told apart from the matrix's hosts of the same version (a user's own source)
 
     @cached_property
     def comfyui_version(self) -> str:
@@ -217,7 +218,7 @@ class ExtraHost:
     def name(self) -> str:
         """`comfyui-<version>`, with `-frontend-<version>` when it runs another frontend than the source's."""
         suffix = f"-frontend-{self.frontend_version}" if self.frontend_version != self.source_frontend else ""
-        return f"comfyui-{self.comfyui_version}{suffix}"
+        return f"comfyui-{self.comfyui_version}{self.tag}{suffix}"
 
     @property
     def directory(self) -> Path:
@@ -427,8 +428,10 @@ def requested_extra_host(pins: dict, source: str | None = None, frontend: str | 
         return None
     source_path = Path(source).expanduser().resolve()
     frontend = frontend or os.environ.get(FRONTEND_VARIABLE)
-    known = {host.source: host.constraints for host, _ in matrix_hosts(pins)}
-    return ExtraHost(source_path, frontend, known.get(source_path, ()))
+    for host, _ in matrix_hosts(pins):
+        if host.source == source_path and host.frontend_version == (frontend or host.source_frontend):
+            return host
+    return ExtraHost(source_path, frontend, tag=f"-local-{fingerprint(str(source_path))[:8]}")
 
 
 # ---------------------------------------------------------------------------------------------------------
