@@ -1,11 +1,18 @@
-"""What changed in newer ComfyUI, checked on whichever host runs the suite (every host of the matrix).
-
-In-process, with ComfyUI's own node classes: the stock KSampler of the running ComfyUI is the reference.
+"""Compatibility: what changed in newer ComfyUI, checked on whichever host runs the suite (in-process, with
+ComfyUI's own node classes: the running stock KSampler is the reference), and the versions the README and
+the registry metadata claim, checked against the compatibility matrix that the tests run.
 """
+import re
+import tomllib
+
 import pytest
 import torch
 
+from conftest import REPO
+
 SEED, STEPS, CFG = 3, 2, 4.0
+README = REPO / "README.md"
+VERSION = re.compile(r"\b\d+\.\d+\.\d+\b")
 TEXT_WIDTH, TEXT_TOKENS = 768, 8
 
 
@@ -66,3 +73,39 @@ def test_tiny_flux_builds_and_runs_on_this_comfyui(comfy):
         denoised = model.model.apply_model(x, torch.tensor([1.0]), c_crossattn=conditioning(1)[0][0],
                                            y=torch.zeros(1, TEXT_WIDTH), guidance=torch.tensor([3.5]))
     assert denoised.shape == x.shape and torch.isfinite(denoised).all()
+
+
+def matrix_pins() -> dict:
+    return tomllib.loads((REPO / "scripts" / "host_pins.toml").read_text())
+
+
+def tested_comfyui_versions() -> set[str]:
+    pins = matrix_pins()
+    return {pins["comfyui"]["version"], *(entry["version"] for entry in pins["matrix"])}
+
+
+def tested_frontend_versions() -> set[str]:
+    pins = matrix_pins()
+    default = next(pin.split("==")[1] for pin in pins["venv"]["comfyui"] if pin.startswith("comfyui-frontend-package=="))
+    return {default, *(entry["frontend"] for entry in pins["matrix"])}
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_readme_compatibility_section_names_exactly_the_tested_versions():
+    named = set(VERSION.findall(readme_section("Compatibility")))
+    assert named == tested_comfyui_versions() | tested_frontend_versions()
+
+
+def test_every_comfyui_version_the_readme_names_is_tested():
+    assert set(re.findall(r"ComfyUI (\d+\.\d+(?:\.\d+)?)", README.read_text())) <= tested_comfyui_versions()
+
+
+def test_the_registry_is_asked_for_the_oldest_tested_comfyui_or_newer():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    oldest = min(tested_comfyui_versions(), key=lambda version: tuple(map(int, version.split("."))))
+    assert pyproject["tool"]["comfy"]["requires-comfyui"] == f">={oldest}"
