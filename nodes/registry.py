@@ -1,4 +1,5 @@
 """Every node the pack exports. IDs carry the `ParticleRepulsion` prefix and never change once shipped."""
+from .clip_vision_embedder import CLIPVisionEmbedder
 from .contextual import ContextualRepulsion
 from .embedder_nodes import GramStyleEmbedder, LoadStyleEmbedder, RepulsionEmbedder
 from .metric_nodes import DiversityCompare, DiversityMetric
@@ -12,6 +13,7 @@ NODES = {
     "ParticleRepulsionEmbedder": (RepulsionEmbedder, "Repulsion Embedder"),
     "ParticleRepulsionLoadStyleEmbedder": (LoadStyleEmbedder, "Load Style Embedder"),
     "ParticleRepulsionGramEmbedder": (GramStyleEmbedder, "Gram (Style) Embedder"),
+    "ParticleRepulsionCLIPVisionEmbedder": (CLIPVisionEmbedder, "CLIP Vision Embedder"),
     "ParticleRepulsionStyleLatentsFromFolder": (StyleLatentsFromFolder, "Style Latents from Image Folder"),
     "ParticleRepulsionStyleLatentsFromPrompts": (StyleLatentsFromPrompts, "Style Latents from Prompts"),
     "ParticleRepulsionTrainStyleEmbedder": (TrainStyleEmbedder, "Train Style Embedder"),
