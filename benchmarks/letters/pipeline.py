@@ -1,0 +1,74 @@
+"""The letters model in-process, through ComfyUI's own node classes, and the judges' verdict on a batch.
+
+`load()` installs the committed files into the host (`install.py`) and loads them as a user's graph does:
+UNETLoader, CLIPLoader (type sd3), VAELoader. `Letters.sample` runs a sampler node on an empty SD3
+latent, `Letters.judge` decodes with VAEDecode and scores with the judges.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nodes
+import torch
+from torch import Tensor
+
+from particle_repulsion.metrics import vendi_score
+
+from .glyphs import IMAGE_SIDE, LETTERS, rgb_to_ink
+from .install import CLIP_NAME, MODEL_FOLDERS, UNET_NAME, VAE_NAME, install
+from .judges import GlyphJudge
+from .models import font_judge, letter_judge, load_styles
+
+# The letters model's sampling settings (SD3-style: Euler, "simple" schedule).
+SAMPLING = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judges on one batch: letter [N] and style [N] indices, font-judge features [N, 128]."""
+
+    letters: Tensor
+    styles: Tensor
+    features: Tensor
+
+    def figures(self, letter: str) -> dict:
+        """distinct styles, Vendi of the font-judge features (cosine), and the share of the right letter."""
+        return {"distinct_fonts": self.styles.unique().numel(), "vendi": vendi_score(self.features),
+                "letter_accuracy": (self.letters == LETTERS.index(letter)).float().mean().item()}
+
+
+@dataclass
+class Letters:
+    model: object
+    clip: object
+    vae: object
+    letter_judge: GlyphJudge
+    font_judge: GlyphJudge
+    styles: list[str]
+
+    def encode(self, text: str):
+        return nodes.CLIPTextEncode().encode(self.clip, text)[0]
+
+    @staticmethod
+    def empty_latent(batch_size: int) -> dict:
+        """What EmptySD3LatentImage gives at 64 x 64 pixels: zeros [batch_size, 16, 8, 8]."""
+        return {"samples": torch.zeros(batch_size, 16, IMAGE_SIDE // 8, IMAGE_SIDE // 8)}
+
+    def images(self, latent: dict) -> Tensor:
+        """VAEDecode's IMAGE [N, 64, 64, 3]."""
+        return nodes.VAEDecode().decode(self.vae, latent)[0]
+
+    @torch.no_grad()
+    def judge(self, images: Tensor) -> Verdict:
+        ink = rgb_to_ink(images)
+        features = self.font_judge.features(ink)
+        return Verdict(self.letter_judge(ink).argmax(dim=1), self.font_judge.head(features).argmax(dim=1), features)
+
+
+def load() -> Letters:
+    """Install the committed files into the host and load them through ComfyUI's loader nodes."""
+    install(folders=MODEL_FOLDERS)
+    model = nodes.UNETLoader().load_unet(UNET_NAME, "default")[0]
+    clip = nodes.CLIPLoader().load_clip(CLIP_NAME, "sd3")[0]
+    vae = nodes.VAELoader().load_vae(VAE_NAME)[0]
+    return Letters(model, clip, vae, letter_judge(), font_judge(), load_styles()["styles"])
