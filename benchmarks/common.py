@@ -1,12 +1,12 @@
 """Shared parts of the diversity benchmarks (GMM and digits), run in the host virtualenv.
 
-- `denoiser_model(denoiser)`: a real ComfyUI MODEL whose prediction is a known denoiser D(x, sigma), so
-  sampling goes through ComfyUI's own stack: `comfy.sample.sample_custom` -> CFGGuider -> KSAMPLER ->
-  the k-diffusion sampler functions, with ComfyUI's noise scaling and latent processing.
+- `denoiser_model(denoiser)` (from scripts/exact_models.py): a real ComfyUI MODEL whose prediction is a
+  known denoiser D(x, sigma), so sampling goes through ComfyUI's own stack.
 - `sample_batch(...)`: one batch from that model with a built-in sampler, wrapped or not in the pack's
   Repulsive Sampler (`nodes.repulsion.repulsive_sampler`).
-- Benchmark-side variants of the repulsion, not (yet) in the pack: Particle Guidance's kernel and the
-  class-collision kernel; `ModuleRecipe` to hand a ready-made embedder to `Repulsion`.
+- `node_defaults()` / `node_repulsion()`: the repulsion exactly as the nodes ship it.
+- Benchmark-side parts: Particle Guidance's kernel (a baseline), `ClassProbabilities` and `ModuleRecipe`
+  to hand a benchmark's own classifier to the pack's `Repulsion`.
 - `Method`, averaging of per-batch figures, markdown tables and the Pareto figure (Pillow).
 """
 from __future__ import annotations
@@ -34,44 +34,16 @@ import comfy_host  # noqa: E402
 comfy_host.use_comfyui_in_process()
 comfy_host.register_pack_namespace()
 
-import comfy.model_management  # noqa: E402
-import comfy.model_patcher  # noqa: E402
-import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
-import comfy.supported_models  # noqa: E402
-import tiny_models  # noqa: E402
+from exact_models import Denoiser, denoiser_model, sample_latents  # noqa: E402
 
-from particle_repulsion.kernels import squared_distances  # noqa: E402
+from particle_repulsion.kernels import Objective, make_objective, squared_distances  # noqa: E402
 from particle_repulsion.kernels.guidance import RepulsionSettings  # noqa: E402
 from particle_repulsion.nodes.repulsion import Repulsion, repulsive_sampler  # noqa: E402
+from particle_repulsion.nodes.sampler_nodes import RepulsiveSampler, build_repulsion  # noqa: E402
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]
-
-# With cfg 1.0 ComfyUI evaluates only the positive conditioning, and the denoiser ignores it; a 1x1
-# cross-attention tensor keeps ComfyUI's per-step conditioning copies negligible.
-NO_CONDITIONING = [[torch.zeros(1, 1, 1), {}]]
 SCHEDULER = "karras"
 STEPS = 20
-
-
-def denoiser_model(denoiser: Denoiser):
-    """A ComfyUI MODEL (ModelPatcher around SD1.5's BaseModel) whose prediction is `denoiser`.
-
-    The model keeps everything SD1.5 brings to sampling: epsilon parametrisation, the discrete sigma
-    schedule (0.029 .. 14.6), noise scaling and the latent scale factor. Only the network is replaced, through
-    the public `set_model_unet_function_wrapper`: ComfyUI hands the wrapper the sampler's latent x and sigma
-    ([N]), exactly what `BaseModel.apply_model` receives, and takes the returned denoised prediction D
-    [N, C, H, W] as that call's result. The UNet is built with ComfyUI's uninitialised-weight operations and
-    never runs (its weights are never read).
-    """
-    model_config = comfy.supported_models.SD15(dict(tiny_models.TINY_SD15_UNET))
-    model_config.set_inference_dtype(torch.float32, None)
-    device = comfy.model_management.get_torch_device()
-    patcher = comfy.model_patcher.ModelPatcher(model_config.get_model({}, ""), load_device=device,
-                                               offload_device=device)
-    patcher.set_model_unet_function_wrapper(
-        lambda apply_model, arguments: denoiser(arguments["input"], arguments["timestep"]))
-    return patcher
 
 
 def schedule(model, steps: int = STEPS) -> Tensor:
@@ -81,20 +53,10 @@ def schedule(model, steps: int = STEPS) -> Tensor:
 
 def sample_batch(model, sampler_name: str, sigmas: Tensor, batch_shape: Sequence[int], seed: int,
                  repulsion: Repulsion | None = None) -> Tensor:
-    """One batch [N, C, H, W] sampled from an empty latent, in the denoiser's own latent space.
-
-    As a ComfyUI node would: under inference mode, noise from `comfy.sample.prepare_noise(seed)`, cfg 1.0.
-    `sample_custom` returns latents divided by the model's scale factor (`process_latent_out`); they are
-    scaled back so that the result lives where the denoiser's data does.
-    """
-    with torch.inference_mode():
-        empty = torch.zeros(batch_shape)
-        sampler = comfy.samplers.sampler_object(sampler_name)
-        if repulsion is not None:
-            sampler = repulsive_sampler(sampler, repulsion)
-        samples = comfy.sample.sample_custom(model, comfy.sample.prepare_noise(empty, seed), 1.0, sampler, sigmas,
-                                             NO_CONDITIONING, NO_CONDITIONING, empty, disable_pbar=True, seed=seed)
-        return model.get_model_object("latent_format").process_in(samples).clone()
+    """One batch [N, C, H, W] (`exact_models.sample_latents`), wrapped in the pack's Repulsive Sampler when
+    `repulsion` is given."""
+    wrapper = None if repulsion is None else (lambda sampler: repulsive_sampler(sampler, repulsion))
+    return sample_latents(model, sampler_name, sigmas, batch_shape, seed, wrapper)
 
 
 class ParticleGuidanceKernel:
@@ -114,32 +76,16 @@ class ParticleGuidanceKernel:
         return torch.exp(-squared_distances(features, anchors) / bandwidth)
 
 
-class CollisionKernel:
-    """k(p, q) = p . q on class-probability features: the probability that two samples share a class.
-
-    RBF, IMQ and cosine kernels are largest (flat) where p = q, so two samples already committed to the
-    same class barely push each other, while every push sharpens each sample's current class. This kernel
-    keeps pushing a sample out of the classes that the others occupy, including its own.
-    """
-
-    def __call__(self, features: Tensor, anchors: Tensor) -> Tensor:
-        return features @ anchors.T
-
-
 class ClassProbabilities(nn.Module):
-    """Embedder: class probabilities [N, K] = softmax(logits(latents [N, C, H, W], sigma [N] or None) / T).
+    """Embedder: class probabilities [N, K] = softmax(logits(latents [N, C, H, W], sigma [N] or None)), for
+    a benchmark-side classifier (the pack's collision objective re-tempers them)."""
 
-    A temperature T > 1 leaves some probability on classes a sample is far from, so the collision kernel's
-    gradient can also push it toward them (the softmax gradient toward a class scales with its probability).
-    """
-
-    def __init__(self, logits: Callable[[Tensor, Tensor | None], Tensor], temperature: float = 1.0) -> None:
+    def __init__(self, logits: Callable[[Tensor, Tensor | None], Tensor]) -> None:
         super().__init__()
         self.logits = logits
-        self.temperature = temperature
 
     def forward(self, latents: Tensor, sigma: Tensor | None = None) -> Tensor:
-        return torch.softmax(self.logits(latents, sigma) / self.temperature, dim=1)
+        return torch.softmax(self.logits(latents, sigma), dim=1)
 
 
 @dataclass(frozen=True)
@@ -153,13 +99,22 @@ class ModuleRecipe:
         return self.module
 
 
-def repulsion_with(settings: RepulsionSettings, recipe=None, kernel=None) -> Repulsion:
-    """The pack's `Repulsion` with an embedder recipe (default: the latent) and optionally a kernel object
-    from this module in place of the pack's RBF with median bandwidth."""
-    repulsion = Repulsion(settings, "rbf", 0.0, recipe)
-    if kernel is not None:
-        repulsion.kernel = kernel
-    return repulsion
+def repulsion_with(settings: RepulsionSettings, recipe=None, objective: Objective | None = None) -> Repulsion:
+    """The pack's `Repulsion` with an embedder recipe (default: the latent) and an objective (default: the
+    thesis's RBF kernel sum with the median bandwidth)."""
+    return Repulsion(settings, objective or make_objective("kernel_sum", "rbf"), recipe)
+
+
+def node_defaults() -> dict:
+    """The repulsion widgets' defaults exactly as the Repulsive Sampler node declares them."""
+    required = RepulsiveSampler.INPUT_TYPES()["required"]
+    return {name: options.get("default", kind[0] if isinstance(kind, list) else None)
+            for name, (kind, options) in required.items() if name != "sampler"}
+
+
+def node_repulsion(embedder=None, **changes) -> Repulsion:
+    """The `Repulsion` the Repulsive Sampler node builds at its defaults (with `changes` applied)."""
+    return build_repulsion(embedder=embedder, **{**node_defaults(), **changes})
 
 
 @dataclass(frozen=True)
@@ -180,7 +135,7 @@ IID = Method("i.i.d.", "-", lambda: None)
 def method_family(name: str, strengths: Sequence[float], settings: Callable[[float], RepulsionSettings],
                   **repulsion_options) -> list[Method]:
     """The family `name` at each strength; `settings(strength)` gives its RepulsionSettings and
-    `repulsion_options` (recipe, kernel) go to `repulsion_with`."""
+    `repulsion_options` (recipe, objective) go to `repulsion_with`."""
     return [Method(name, f"{strength:g}",
                    lambda strength=strength: repulsion_with(settings(strength), **repulsion_options))
             for strength in strengths]

@@ -9,11 +9,18 @@ seeing `D'` instead of `D`; this module computes the shift `D - D'`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 STRENGTH_MODES = ("relative", "absolute")
+# Relative variance below which a denoising direction is round-off (float32 latents, float64 Gram).
+_SPAN_ROUND_OFF = 1e-10
+# A push whose RMS is below this share of the force's is round-off of the projection.
+_PUSH_ROUND_OFF = 1e-4
+# The relative push follows noise_share ** PROFILE_POWER (benchmarks/bench_defaults.py measured 1 to 3).
+PROFILE_POWER = 3
 SPACES = ("noisy", "denoised")
 
 
@@ -90,18 +97,81 @@ def batch_rms(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float().pow(2).mean().sqrt()
 
 
+@dataclass(frozen=True)
+class NoiseLevel:
+    """How a sampler state mixes signal and noise: `x = signal * x0 + noise * n` (per sample).
+
+    EPS and v models: signal 1, noise sigma. Flow models: signal 1 - t, noise t.
+    """
+
+    signal: float
+    noise: float
+
+    @property
+    def noise_to_signal(self) -> float:
+        """The variance-exploding sigma of this state (inf at pure noise)."""
+        return self.noise / self.signal if self.signal > 0 else math.inf
+
+    @property
+    def noise_share(self) -> float:
+        """`s^2 / (1 + s^2)` for s = noise_to_signal: the share of a unit-variance latent's variance that
+        is noise. 1 at pure noise, 0 when clean."""
+        return self.noise ** 2 / (self.noise ** 2 + self.signal ** 2)
+
+
+def outside_denoising_span(force: torch.Tensor, denoised: torch.Tensor, x: torch.Tensor,
+                           level: NoiseLevel) -> torch.Tensor:
+    """`force` [N, ...] without its components along any sample's denoising direction.
+
+    Sample k's denoising direction is `D_k - x_k / signal` (from its state, in the signal's units,
+    toward its prediction), computed as `signal * D_k - x_k`: at high noise that is k's own noise.
+    Where predictions still coincide, samples differ mostly by their noise, so a push apart runs along
+    these directions and would simply keep noise in the images; removing the N directions of the batch
+    (out of C*H*W) leaves the push along content. Directions of zero length (clean states, duplicates)
+    add nothing to the span.
+    """
+    flat = force.float().flatten(1)
+    directions = (level.signal * denoised.float() - x.float()).flatten(1)
+    basis = orthonormal_basis(directions)
+    return (flat - (flat @ basis.T) @ basis).view_as(force)
+
+
+def orthonormal_basis(rows: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis [r, d] of the span of `rows` [N, d], r <= N; directions whose variance is
+    below round-off of the largest are dropped.
+
+    Through the N x N Gram matrix (float64), cheap for any d: `basis = V^T rows / sqrt(lambda)`.
+    """
+    gram = rows.double() @ rows.double().T
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    if eigenvalues.numel() == 0 or eigenvalues[-1] <= 0:
+        return rows.new_zeros(0, rows.shape[1])
+    kept = eigenvalues > eigenvalues[-1] * _SPAN_ROUND_OFF
+    coefficients = eigenvectors[:, kept].T / eigenvalues[kept].sqrt()[:, None]
+    return (coefficients.to(rows.dtype) @ rows)
+
+
 def denoised_shift(force: torch.Tensor, denoised: torch.Tensor, x: torch.Tensor, sigma: float,
-                   settings: RepulsionSettings) -> torch.Tensor:
+                   level: NoiseLevel, settings: RepulsionSettings) -> torch.Tensor:
     """The amount `D - D'` to subtract from the denoised prediction, [N, C, H, W] like `denoised`.
 
-    force: R [N, C, H, W], the gradient of the batch's kernel similarity (direction of MORE similarity).
-    Absolute: `alpha * sigma^2 * R` (thesis). Relative: R rescaled so that its batch RMS is
-    `strength * RMS(D - x)`, i.e. the push apart is that fraction of the denoising displacement whatever
-    the model, embedder or batch size. A zero force gives a zero shift.
+    force: R [N, C, H, W], the gradient of the batch's similarity (direction of MORE similarity).
+    sigma: the sampler's noise level; level: how its state mixes signal and noise.
+
+    Absolute: `alpha * sigma^2 * R` (thesis). Relative: R outside the batch's denoising directions
+    (`outside_denoising_span`), rescaled so that its batch RMS is `strength * noise_share^3` in latent
+    units (ComfyUI's latents have about unit variance). The predicted clean images move apart by that
+    much per model call: the same push in the same units for every model family (flow models included,
+    whose state is measured in the signal's units), full while the image is mostly noise and fading out
+    fast once signal dominates, where a push no longer changes what the image shows, only adds to it.
+    A zero force gives a zero shift.
     """
     if settings.strength_mode == "absolute":
         return (settings.strength * sigma ** 2) * force.float()
-    force_rms = batch_rms(force)
-    if force_rms == 0:
-        return torch.zeros_like(force, dtype=torch.float32)
-    return force.float() * (settings.strength * batch_rms(denoised - x) / force_rms)
+    push = outside_denoising_span(force, denoised, x, level)
+    push_rms = batch_rms(push)
+    if push_rms <= _PUSH_ROUND_OFF * batch_rms(force):
+        # Nothing is left but round-off (the force lay in the denoising span): no push, never an
+        # amplified one.
+        return torch.zeros_like(push)
+    return push * (settings.strength * level.noise_share ** PROFILE_POWER / push_rms)

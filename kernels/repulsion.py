@@ -1,9 +1,12 @@
-"""The repulsive term of SVGD for one batch of latents.
+"""The repulsion force on one batch of latents: the gradient of a diversity objective.
 
-    R_i = (1/N) grad_{x_i} sum_j k(phi(x_i), stopgrad phi(x_j))
+    R_i = grad_{x_i} S(phi(x_1), ..., phi(x_N))
 
-is the direction that INCREASES the batch's similarity; callers subtract it to push samples apart. It is
-one vector-Jacobian product: one forward and one backward pass of the embedder phi for the whole batch.
+for a batch similarity S (``kernels.objectives``; the thesis's SVGD term is
+``S = (1/N) sum_ij k(phi_i, stopgrad phi_j)``) is the direction that INCREASES the batch's similarity;
+callers subtract it to push samples apart. It is one vector-Jacobian product: one forward and one
+backward pass of the embedder phi for the whole batch (the objective's own gradient, with respect to
+the N x F features, is cheap).
 
 Callable from ComfyUI code running under ``torch.inference_mode()`` or ``torch.no_grad()``: gradients are
 re-enabled locally and the latents are copied out of inference mode. The embedder's own weights must
@@ -18,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .similarity import Kernel
+from .objectives import Objective
 
 Embedder = Callable[[Tensor], Tensor]
 
@@ -28,7 +31,7 @@ class Repulsion:
     """The outcome of one repulsion evaluation.
 
     force: ``R`` ``[N, ...]``, shaped and typed like the latents (see the module docstring).
-    similarity: ``[N, N]`` float32 detached kernel matrix ``k(phi(x_i), phi(x_j))``, for logging.
+    similarity: ``[N, N]`` float32 detached pairwise similarities ``k(phi(x_i), phi(x_j))``, for logging.
     """
 
     force: Tensor
@@ -44,24 +47,27 @@ class Repulsion:
         return (off_diagonal_total / (count * (count - 1))).item()
 
 
-def repulsion(latents: Tensor, embed: Embedder, kernel: Kernel) -> Repulsion:
-    """Repulsion force and kernel matrix for a batch ``latents`` ``[N, C, H, W]`` (any dtype).
+def repulsion(latents: Tensor, embed: Embedder, objective: Objective) -> Repulsion:
+    """Repulsion force and pairwise similarities for a batch ``latents`` ``[N, C, H, W]`` (any dtype).
 
-    embed: differentiable map ``[N, C, H, W] -> [N, F]``; kernel: see ``kernels.similarity``. The kernel
-    maths runs in float32; the force comes back in the latents' dtype. A single sample gets a zero force
-    and no backward pass.
+    embed: differentiable map ``[N, C, H, W] -> [N, F]``; objective: see ``kernels.objectives``. The
+    objective's maths runs in float32; the force comes back in the latents' dtype. A single sample gets
+    a zero force and no backward pass.
     """
     with torch.inference_mode(False), torch.enable_grad():
         particles = latents.detach().to(torch.float32, copy=True).requires_grad_(True)
         features = _embed(embed, particles)
-        similarity = kernel(features, features.detach())
-        force = _similarity_gradient(similarity, particles)
-    return Repulsion(force=force.to(latents.dtype), similarity=similarity.detach())
+        if particles.shape[0] < 2:
+            similarity = objective(features).matrix
+            return Repulsion(force=torch.zeros_like(latents), similarity=similarity)
+        feature_gradient, similarity = objective.feature_gradient(features)
+        (force,) = torch.autograd.grad(features, particles, feature_gradient)
+    return Repulsion(force=force.to(latents.dtype), similarity=similarity)
 
 
-def repulsion_force(latents: Tensor, embed: Embedder, kernel: Kernel) -> Tensor:
+def repulsion_force(latents: Tensor, embed: Embedder, objective: Objective) -> Tensor:
     """Just the force ``[N, C, H, W]`` of ``repulsion``."""
-    return repulsion(latents, embed, kernel).force
+    return repulsion(latents, embed, objective).force
 
 
 def _embed(embed: Embedder, particles: Tensor) -> Tensor:
@@ -70,16 +76,7 @@ def _embed(embed: Embedder, particles: Tensor) -> Tensor:
     if features.ndim != 2 or features.shape[0] != count:
         raise ValueError(f"the embedder must return one feature row per sample, shape [{count}, F]; "
                          f"got {tuple(features.shape)}")
-    return features.to(torch.float32)
-
-
-def _similarity_gradient(similarity: Tensor, particles: Tensor) -> Tensor:
-    """``(1/N) grad_x sum_ij similarity_ij`` ``[N, ...]``: one backward pass, none for a single sample."""
-    count = particles.shape[0]
-    if count < 2:
-        return torch.zeros_like(particles)
-    if not similarity.requires_grad:
+    if not features.requires_grad:
         raise ValueError("the embedder's output does not depend differentiably on the latent "
                          "(it was detached or computed without gradients), so it cannot steer repulsion")
-    (gradient,) = torch.autograd.grad(similarity.sum() / count, particles)
-    return gradient
+    return features.to(torch.float32)

@@ -26,6 +26,11 @@ KERNEL_NAMES = ("rbf", "imq", "cosine")
 _COINCIDENT_BANDWIDTH = 1.0
 # Rows shorter than this have no meaningful direction and are treated as zero vectors.
 _ZERO_NORM = 1e-12
+# Measured on the digits and Gaussian-mixture benchmarks (benchmarks/RESULTS.md).
+DEFAULT_COLLISION_TEMPERATURE = 3.0
+# Probabilities are clamped here before their log, so a class with probability 0 stays finite.
+_SMALLEST_PROBABILITY = 1e-12
+_PROBABILITY_SUM_TOLERANCE = 1e-3
 
 
 def squared_distances(features: Tensor, anchors: Tensor) -> Tensor:
@@ -131,13 +136,44 @@ class CosineKernel:
         return unit_rows(features) @ unit_rows(anchors).T
 
 
+@dataclass(frozen=True)
+class CollisionKernel:
+    """``k(p, q) = p_T . q_T``: the chance that two samples share a class, for class-probability features.
+
+    ``p_T = softmax(log p / T)`` re-tempers each probability row ``p`` (``softmax(logits / T)`` when
+    ``p = softmax(logits)``). A temperature above 1 leaves probability on the classes a sample is far
+    from, so the gradient can also push it toward them. Rows must be probabilities (non-negative,
+    summing to 1): anything else is refused with a message saying what to connect.
+    """
+
+    temperature: float = DEFAULT_COLLISION_TEMPERATURE
+
+    def __post_init__(self) -> None:
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"the collision temperature must be a positive number, got {self.temperature!r}")
+
+    def __call__(self, features: Tensor, anchors: Tensor) -> Tensor:
+        _check_feature_pair(features, anchors)
+        _check_probabilities(anchors)
+        return self.tempered(features) @ self.tempered(anchors).T
+
+    def tempered(self, probabilities: Tensor) -> Tensor:
+        logits = torch.log(probabilities.clamp_min(_SMALLEST_PROBABILITY))
+        return torch.softmax(logits / self.temperature, dim=1)
+
+
 _RADIAL_KERNELS = {"rbf": RBFKernel, "imq": IMQKernel}
 
 
-def make_kernel(name: str, bandwidth: Bandwidth = MEDIAN) -> Kernel:
-    """The kernel called ``name`` (one of ``KERNEL_NAMES``); the cosine kernel ignores ``bandwidth``."""
+def make_kernel(name: str, bandwidth: Bandwidth = MEDIAN, temperature: float | None = None) -> Kernel:
+    """The kernel called ``name`` (one of ``KERNEL_NAMES``, or ``"collision"``).
+
+    ``bandwidth`` applies to the radial kernels, ``temperature`` (None: the default) to collision.
+    """
     if name == "cosine":
         return CosineKernel()
+    if name == "collision":
+        return CollisionKernel(DEFAULT_COLLISION_TEMPERATURE if temperature is None else temperature)
     if name in _RADIAL_KERNELS:
         return _RADIAL_KERNELS[name](bandwidth)
     raise ValueError(f"unknown kernel {name!r}; choose one of: {', '.join(KERNEL_NAMES)}")
@@ -195,6 +231,15 @@ def _check_feature_pair(features: Tensor, anchors: Tensor) -> None:
                          f"{tuple(features.shape)} and {tuple(anchors.shape)}")
     if features.shape[1] != anchors.shape[1]:
         raise ValueError(f"features have {features.shape[1]} dimensions but anchors have {anchors.shape[1]}")
+
+
+def _check_probabilities(rows: Tensor) -> None:
+    sums = rows.detach().sum(dim=1)
+    if bool((rows.detach() < 0).any()) or bool(((sums - 1).abs() > _PROBABILITY_SUM_TOLERANCE).any()):
+        raise ValueError("class collision compares class probabilities, but these features are not "
+                         "probabilities (non-negative rows summing to 1). Connect a style embedder whose "
+                         "output is its class probabilities (Load Style Embedder, output = "
+                         "class_probabilities), or choose another objective.")
 
 
 def _check_bandwidth(bandwidth: Bandwidth) -> None:

@@ -9,10 +9,11 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..kernels import KERNEL_NAMES
+from ..kernels import DEFAULT_COLLISION_TEMPERATURE, KERNEL_NAMES, MEDIAN, OBJECTIVE_NAMES, make_objective
 from ..kernels.guidance import SPACES, STRENGTH_MODES, RepulsionSettings
 from .repulsion import Repulsion, patch_model, repulsive_sampler
 from .stock_sampling import stock_latent_samples, stock_sampler_output
+from .validation import require_finite_numbers
 
 CATEGORY = "particle_repulsion/sampling"
 EMBEDDER_TOOLTIP = ("Where similarity is measured (from a Repulsion Embedder or Load Style Embedder node). "
@@ -20,38 +21,52 @@ EMBEDDER_TOOLTIP = ("Where similarity is measured (from a Repulsion Embedder or 
 
 
 def repulsion_inputs() -> dict:
-    """The repulsion widgets every repulsion node shows, in their saved-workflow order."""
+    """The repulsion widgets every repulsion node shows, in their saved-workflow order (new ones go last).
+
+    The defaults are measured (benchmarks/bench_defaults.py): on every model family they add modes to a
+    Gaussian mixture at a few percent of likelihood and keep a single Gaussian's variance.
+    """
     return {
         "strength": ("FLOAT", {
-            "default": 0.3, "min": 0.0, "max": 100000.0, "step": 0.01,
-            "tooltip": "How hard the images of the batch push each other apart. Relative mode: the push as a "
-                       "fraction of each denoising step (0.1-0.5 is a good range; 0 = plain sampling). "
-                       "Absolute mode: the thesis's alpha."}),
+            "default": 0.5, "min": 0.0, "max": 100000.0, "step": 0.05,
+            "tooltip": "How hard the images of the batch push each other apart (0 = plain sampling). Relative "
+                       "mode: how far each step moves the predicted images apart, in units of a latent's "
+                       "spread, full while the image is mostly noise and fading out as it becomes clean; the "
+                       "same value does the same on SD1.5, SDXL, v-prediction, SD3, Flux and turbo models. "
+                       "0.5 is clear at a small cost; 1-2 is strong. Absolute mode: the thesis's alpha."}),
         "strength_mode": (list(STRENGTH_MODES), {
             "default": "relative",
-            "tooltip": "relative: strength is a fraction of the denoising step, so one value means the same "
-                       "thing for every model, embedder and batch size. absolute: the thesis's alpha, "
-                       "D' = D - alpha * sigma^2 * R (depends on the model and embedder)."}),
+            "tooltip": "relative: the portable strength above; the push never runs along the images' noise, so "
+                       "it cannot leave noise in them. absolute: the thesis's alpha, D' = D - alpha * sigma^2 * R "
+                       "(depends on the model and embedder; for reproducing the thesis)."}),
         "space": (list(SPACES), {
-            "default": "noisy",
-            "tooltip": "noisy: compare the noisy latents the sampler holds (thesis). denoised: compare the "
-                       "model's predicted clean images (Particle Guidance style)."}),
+            "default": "denoised",
+            "tooltip": "denoised: compare the model's predicted clean images (recommended: the push follows "
+                       "content). noisy: compare the noisy latents the sampler holds (the thesis)."}),
         "kernel": (list(KERNEL_NAMES), {
             "default": "rbf",
-            "tooltip": "Similarity kernel between two images' features. rbf is the SVGD default; imq has "
-                       "heavier tails (pushes far-apart images too); cosine ignores feature magnitude."}),
+            "tooltip": "Similarity between two images' features, used by the kernel_sum and log_vendi "
+                       "objectives: rbf (default), imq (heavier tails: far-apart images push too), cosine "
+                       "(ignores feature magnitude)."}),
         "bandwidth": ("FLOAT", {
             "default": 0.0, "min": 0.0, "max": 1.0e6, "step": 0.01,
-            "tooltip": "Kernel bandwidth h (in squared feature units). 0 = median heuristic, re-estimated at "
-                       "every step from the batch itself (recommended)."}),
+            "tooltip": "rbf/imq: kernel bandwidth h in squared feature units; 0 = median heuristic, re-estimated "
+                       "at every step from the batch (recommended). collision objective: the softmax "
+                       f"temperature; 0 = {DEFAULT_COLLISION_TEMPERATURE:g}."}),
         "start": ("FLOAT", {
             "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
             "tooltip": "Start repelling at this fraction of the schedule (0 = first step)."}),
         "end": ("FLOAT", {
             "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
             "tooltip": "Stop repelling at this fraction of the schedule (excluded: end = k / steps repels in "
-                       "the first k steps; 1 = every step). Early steps decide composition; stopping at "
-                       "0.5-0.7 keeps fine detail untouched."}),
+                       "the first k steps; 1 = every step). The relative push already fades out as the images "
+                       "become clean, so 1 is the recommended default."}),
+        "objective": (list(OBJECTIVE_NAMES), {
+            "default": "log_vendi",
+            "tooltip": "What 'alike' costs. log_vendi: the batch's entropy (log of its Vendi score); keeps "
+                       "pushing alike images apart, recommended. kernel_sum: the thesis's SVGD kernel sum (alike "
+                       "images push weakly). collision: the chance that two images share a class, for a style "
+                       "embedder whose output is class probabilities."}),
     }
 
 
@@ -59,17 +74,22 @@ def optional_embedder_input() -> dict:
     return {"optional": {"embedder": ("EMBEDDER", {"tooltip": EMBEDDER_TOOLTIP})}}
 
 
-def build_repulsion(strength, strength_mode, space, kernel, bandwidth, start, end, embedder=None) -> Repulsion:
+def build_repulsion(strength, strength_mode, space, kernel, bandwidth, start, end, objective, embedder=None
+                    ) -> Repulsion:
+    """The `Repulsion` the repulsion widgets describe (values checked here: ComfyUI lets NaN through)."""
+    require_finite_numbers({"strength": strength, "bandwidth": bandwidth, "start": start, "end": end})
     settings = RepulsionSettings(strength=strength, strength_mode=strength_mode, space=space, start=start, end=end)
-    return Repulsion(settings, kernel_name=kernel, bandwidth=bandwidth, embedder=embedder)
+    scale = bandwidth if bandwidth > 0 else None
+    diversity = make_objective(objective, kernel, MEDIAN if scale is None else scale, temperature=scale)
+    return Repulsion(settings, diversity, embedder=embedder)
 
 
 class RepulsiveKSampler:
     """The stock KSampler with batch repulsion at every denoising step."""
 
     DESCRIPTION = ("KSampler that makes the images of one batch differ from each other: at every step each "
-                   "image is pushed away from the others (SVGD repulsion) in the chosen embedding space. "
-                   "Strength 0 is exactly the stock KSampler.")
+                   "image is pushed away from the others in the chosen embedding space. The defaults work on "
+                   "every model family. Strength 0 is exactly the stock KSampler.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("The denoised latent batch.",)
@@ -102,6 +122,7 @@ class RepulsiveKSampler:
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                denoise, embedder=None, **repulsion_options):
+        require_finite_numbers({"cfg": cfg, "denoise": denoise})
         repulsion = build_repulsion(embedder=embedder, **repulsion_options)
         sampler = repulsive_sampler(comfy.samplers.sampler_object(sampler_name), repulsion)
         sigmas = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 CHECKPOINT, POSITIVE, NEGATIVE, LATENT = "checkpoint", "positive", "negative", "latent"
 MODEL_OUTPUT, CLIP_OUTPUT, VAE_OUTPUT = 0, 1, 2
 
-REPULSION_DEFAULTS = {"strength": 0.0, "strength_mode": "relative", "space": "noisy", "kernel": "rbf",
-                      "bandwidth": 0.0, "start": 0.0, "end": 1.0}
+# The repulsion widgets at the nodes' defaults, but switched off (strength 0): tests say what they change.
+REPULSION_DEFAULTS = {"strength": 0.0, "strength_mode": "relative", "space": "denoised", "kernel": "rbf",
+                      "bandwidth": 0.0, "start": 0.0, "end": 1.0, "objective": "log_vendi"}
 
 
 @dataclass

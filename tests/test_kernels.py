@@ -1,4 +1,4 @@
-"""Kernels, the median bandwidth and the batch repulsion force (kernels/similarity.py, kernels/repulsion.py)."""
+"""Kernels, the median bandwidth and the SVGD kernel-sum repulsion force (kernels/similarity.py, kernels/repulsion.py)."""
 import math
 
 import numpy as np
@@ -12,6 +12,7 @@ from particle_repulsion.kernels import (
     KERNEL_NAMES,
     CosineKernel,
     IMQKernel,
+    KernelSum,
     RBFKernel,
     make_kernel,
     median_bandwidth,
@@ -47,6 +48,11 @@ class ConvEmbedder:
 
 
 EMBEDDERS = {"identity": identity_embed, "conv": ConvEmbedder()}
+
+
+def kernel_sum_force(batch, embed, kernel):
+    """The repulsion force of the thesis's SVGD objective with `kernel`."""
+    return repulsion_force(batch, embed, KernelSum(kernel))
 
 
 def total_similarity(batch, embed, kernel):
@@ -176,8 +182,8 @@ def test_force_is_permutation_equivariant(seed, count, kernel_name, embedder_nam
     batch = latents(count, seed)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     embed, kernel = EMBEDDERS[embedder_name], make_kernel(kernel_name)
-    torch.testing.assert_close(repulsion_force(batch[order], embed, kernel),
-                               repulsion_force(batch, embed, kernel)[order], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(kernel_sum_force(batch[order], embed, kernel),
+                               kernel_sum_force(batch, embed, kernel)[order], rtol=1e-4, atol=1e-6)
 
 
 @FEW
@@ -186,8 +192,8 @@ def test_radial_force_on_latents_is_translation_invariant(seed, count, kernel_na
     batch = latents(count, seed)
     shift = 20 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed + 1))
     kernel = make_kernel(kernel_name)
-    force = repulsion_force(batch, identity_embed, kernel)
-    torch.testing.assert_close(repulsion_force(batch + shift, identity_embed, kernel), force,
+    force = kernel_sum_force(batch, identity_embed, kernel)
+    torch.testing.assert_close(kernel_sum_force(batch + shift, identity_embed, kernel), force,
                                rtol=1e-3, atol=1e-4 * force.abs().max().item())
 
 
@@ -199,7 +205,7 @@ def test_small_step_against_the_force_lowers_total_similarity(seed, count, kerne
     embed, kernel = EMBEDDERS[embedder_name], make_kernel(kernel_name, 50.0)
     if embedder_name == "conv":
         embed = lambda batch, conv=embed: conv(batch.float()).double()  # noqa: E731 - float32 weights
-    force = repulsion_force(batch, embed, kernel)
+    force = kernel_sum_force(batch, embed, kernel)
     step = 1e-3 / force.norm().item()
     assert total_similarity(batch - step * force, embed, kernel) < total_similarity(batch, embed, kernel)
 
@@ -232,7 +238,7 @@ def test_force_equals_per_particle_jacobian_transpose_times_feature_gradient(ker
                      torch.autograd.functional.jacobian(lambda particle: embed(particle[None])[0], particle))
         for particle, gradient in zip(batch, feature_gradient(features))
     ]) / len(batch)
-    torch.testing.assert_close(repulsion_force(batch, embed, kernel), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(kernel_sum_force(batch, embed, kernel), expected, rtol=1e-4, atol=1e-6)
 
 
 class CountingIdentity(torch.autograd.Function):
@@ -253,19 +259,19 @@ class CountingIdentity(torch.autograd.Function):
 @pytest.mark.parametrize("count, backward_passes", [(5, 1), (1, 0)])
 def test_one_embedder_forward_and_at_most_one_backward_per_batch(count, backward_passes):
     CountingIdentity.forward_calls = CountingIdentity.backward_calls = 0
-    repulsion_force(latents(count, seed=7), CountingIdentity.apply, RBFKernel())
+    kernel_sum_force(latents(count, seed=7), CountingIdentity.apply, RBFKernel())
     assert (CountingIdentity.forward_calls, CountingIdentity.backward_calls) == (1, backward_passes)
 
 
 def test_single_sample_gets_zero_force():
-    force = repulsion_force(latents(1, seed=8), identity_embed, RBFKernel())
+    force = kernel_sum_force(latents(1, seed=8), identity_embed, RBFKernel())
     assert force.shape == (1, *SHAPE) and not force.any()
 
 
 @pytest.mark.parametrize("kernel_name", KERNEL_NAMES)
 def test_two_samples_are_pushed_apart(kernel_name):
     batch = latents(2, seed=9)
-    force = repulsion_force(batch, identity_embed, make_kernel(kernel_name))
+    force = kernel_sum_force(batch, identity_embed, make_kernel(kernel_name))
     assert torch.sum(-force[0] * (batch[0] - batch[1])) > 0
     assert torch.sum(-force[1] * (batch[1] - batch[0])) > 0
 
@@ -273,7 +279,7 @@ def test_two_samples_are_pushed_apart(kernel_name):
 @pytest.mark.parametrize("kernel_name", ["rbf", "imq"])
 def test_radial_kernels_push_two_samples_with_opposite_forces(kernel_name):
     batch = latents(2, seed=9)
-    force = repulsion_force(batch, identity_embed, make_kernel(kernel_name))
+    force = kernel_sum_force(batch, identity_embed, make_kernel(kernel_name))
     assert force.abs().max() > 0
     torch.testing.assert_close(force[0], -force[1])
 
@@ -282,17 +288,17 @@ def test_radial_kernels_push_two_samples_with_opposite_forces(kernel_name):
 @pytest.mark.parametrize("embedder_name", sorted(EMBEDDERS))
 def test_identical_samples_get_finite_zero_force(kernel_name, embedder_name):
     batch = latents(1, seed=10).expand(3, *SHAPE)
-    force = repulsion_force(batch, EMBEDDERS[embedder_name], make_kernel(kernel_name))
+    force = kernel_sum_force(batch, EMBEDDERS[embedder_name], make_kernel(kernel_name))
     assert torch.isfinite(force).all() and force.abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad])
 def test_works_inside_comfyui_style_gradient_free_contexts(context):
-    expected = repulsion_force(latents(3, seed=11), EMBEDDERS["conv"], RBFKernel())
+    expected = kernel_sum_force(latents(3, seed=11), EMBEDDERS["conv"], RBFKernel())
     with context():
         batch = latents(3, seed=11)
         assert batch.is_inference() == (context is torch.inference_mode)
-        force = repulsion_force(batch, EMBEDDERS["conv"], RBFKernel())
+        force = kernel_sum_force(batch, EMBEDDERS["conv"], RBFKernel())
     torch.testing.assert_close(force, expected)
 
 
@@ -304,24 +310,24 @@ def test_half_precision_input_is_computed_in_float32_and_returned_in_half():
         return batch.flatten(1)
 
     batch = latents(4, seed=12, dtype=torch.float16)
-    force = repulsion_force(batch, recording_embed, RBFKernel())
+    force = kernel_sum_force(batch, recording_embed, RBFKernel())
     assert received == [torch.float32] and force.dtype == torch.float16
-    torch.testing.assert_close(force, repulsion_force(batch.float(), identity_embed, RBFKernel()).half())
+    torch.testing.assert_close(force, kernel_sum_force(batch.float(), identity_embed, RBFKernel()).half())
 
 
 def test_repulsion_reports_the_kernel_matrix_and_mean_pair_similarity():
     batch = torch.zeros(2, *SHAPE)
     batch[1, 0, 0, 0] = 2.0  # squared distance 4
-    result = repulsion(batch, identity_embed, RBFKernel(8.0))
+    result = repulsion(batch, identity_embed, KernelSum(RBFKernel(8.0)))
     torch.testing.assert_close(result.similarity, torch.tensor([[1.0, math.exp(-0.5)], [math.exp(-0.5), 1.0]]))
     assert not result.similarity.requires_grad
     assert result.mean_similarity == pytest.approx(math.exp(-0.5))
-    assert math.isnan(repulsion(batch[:1], identity_embed, RBFKernel()).mean_similarity)
+    assert math.isnan(repulsion(batch[:1], identity_embed, KernelSum(RBFKernel())).mean_similarity)
 
 
 def test_embedder_mistakes_are_explained():
     batch = latents(3, seed=13)
     with pytest.raises(ValueError, match="one feature row per sample"):
-        repulsion_force(batch, lambda batch: batch, RBFKernel())
+        kernel_sum_force(batch, lambda batch: batch, RBFKernel())
     with pytest.raises(ValueError, match="differentiabl"):
-        repulsion_force(batch, lambda batch: batch.flatten(1).detach(), RBFKernel())
+        kernel_sum_force(batch, lambda batch: batch.flatten(1).detach(), RBFKernel())

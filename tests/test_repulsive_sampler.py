@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from graphs import CHECKPOINT, LATENT, Graph
+from graphs import CHECKPOINT, LATENT, REPULSION_DEFAULTS, Graph
 
 SCHEDULERS = ("normal", "karras")
 DIVERSITY_SAMPLERS = ("euler_ancestral", "dpmpp_sde", "dpmpp_2m", "uni_pc", "ddim", "lcm", "dpm_adaptive")
@@ -76,8 +76,7 @@ def test_inpainting_leaves_the_unmasked_region_as_stock(server, tiny_checkpoint)
 
 
 def test_model_patch_and_sampler_node_match_the_repulsive_ksampler(server, tiny_checkpoint):
-    repulsion = {"strength": 0.4, "strength_mode": "relative", "space": "noisy", "kernel": "rbf",
-                 "bandwidth": 0.0, "start": 0.0, "end": 1.0}
+    repulsion = {**REPULSION_DEFAULTS, "strength": 0.4}
     graph = Graph(tiny_checkpoint, batch_size=4)
     reference = graph.save_latent(graph.repulsive_ksampler("reference", sampler_name="dpmpp_2m", **repulsion))
     graph.add("patched_model", "ParticleRepulsionModelPatch", model=[CHECKPOINT, 0], **repulsion)

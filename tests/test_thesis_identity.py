@@ -21,7 +21,7 @@ def thesis_loop(x, sigmas, denoise, alpha, force_fn):
 
 
 def test_euler_on_the_repelled_prediction_is_the_thesis_step(comfy):
-    from particle_repulsion.kernels import make_kernel, repulsion_force
+    from particle_repulsion.kernels import KernelSum, make_kernel, repulsion_force
     from particle_repulsion.kernels.guidance import RepulsionSettings
     from particle_repulsion.nodes.repulsion import Repulsion, repulsive_sampler
 
@@ -29,14 +29,14 @@ def test_euler_on_the_repelled_prediction_is_the_thesis_step(comfy):
     sigmas = torch.tensor([4.0, 2.5, 1.5, 0.8, 0.4, 0.1])
     start = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sigmas[0]
     denoise = gaussian_denoiser(mean=0.3, data_std=0.7)
-    repulsion = Repulsion(RepulsionSettings(strength=alpha, strength_mode="absolute"), "rbf", bandwidth)
+    kernel_sum = KernelSum(make_kernel("rbf", bandwidth))
+    repulsion = Repulsion(RepulsionSettings(strength=alpha, strength_mode="absolute", space="noisy"), kernel_sum)
     sampler = repulsive_sampler(comfy.samplers.sampler_object("euler"), repulsion)
     with torch.inference_mode():
         sampled = sampler.sampler_function(denoise, start.clone(), sigmas, extra_args={}, callback=None, disable=True)
 
-    kernel = make_kernel("rbf", bandwidth)
     expected = thesis_loop(start.clone(), sigmas, denoise, alpha,
-                           lambda x: repulsion_force(x, lambda latents: latents.flatten(1), kernel))
+                           lambda x: repulsion_force(x, lambda latents: latents.flatten(1), kernel_sum))
     without_repulsion = thesis_loop(start.clone(), sigmas, denoise, 0.0, torch.zeros_like)
 
     assert (expected - without_repulsion).abs().max() > 1e-2, "the repulsion term must matter in this setting"
