@@ -66,6 +66,13 @@ CHROMA = TinyTransformer("Chroma", {
     "in_dim": 64, "out_dim": 128, "hidden_dim": 256, "n_layers": 2,
 }, ("comfy.ldm.chroma.model.ChromaParams", {"txt_ids_dims": [], "vec_in_dim": None}))
 
+# Chroma Radiance: Chroma's blocks on pixels (3 channels, 4 x 4 patches), decoded by a small NeRF-style head.
+CHROMA_RADIANCE = TinyTransformer("ChromaRadiance", {
+    **CHROMA.network_config, "image_model": "chroma_radiance", "in_channels": 3, "out_channels": 3,
+    "patch_size": 4, "nerf_hidden_size": 16, "nerf_mlp_ratio": 2, "nerf_depth": 1, "nerf_max_freqs": 4,
+    "nerf_tile_size": 0, "nerf_final_head_type": "linear", "nerf_embedder_dtype": torch.float32,
+}, ("comfy.ldm.chroma_radiance.model.ChromaRadianceParams", {"txt_ids_dims": [], "vec_in_dim": None, "use_x0": False}))
+
 QWEN_IMAGE = TinyTransformer("QwenImage", {
     "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 3,
     "attention_head_dim": 32, "num_attention_heads": 4, "joint_attention_dim": CLIP_WIDTH,

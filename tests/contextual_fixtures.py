@@ -29,10 +29,23 @@ def hidream_llama_states(tokens: torch.Tensor) -> dict:
     return {"conditioning_llama3": tokens.unsqueeze(1).repeat(1, tiny_transformers.HIDREAM_LLAMA_LAYERS, 1, 1)}
 
 
-def kontext_reference(tokens: torch.Tensor) -> dict:
-    """Kontext-style editing: one reference latent [1, 16, 8, 8], whose tokens join the image stream."""
-    generator = torch.Generator().manual_seed(11)
-    return {"reference_latents": [torch.randn(1, 16, 8, 8, generator=generator)]}
+def reference_latent(*shape: int) -> Callable[[torch.Tensor], dict]:
+    """Editing as ReferenceLatent sets it up: one reference latent of `shape`, whose tokens join the image
+    stream (Kontext, Qwen-Image Edit, Z-Image editing)."""
+
+    def extras(tokens: torch.Tensor) -> dict:
+        return {"reference_latents": [torch.randn(*shape, generator=torch.Generator().manual_seed(11))]}
+
+    return extras
+
+
+def lumina_takes_reference_latents() -> bool:
+    """Whether this ComfyUI's Lumina 2 / Z-Image network edits from reference latents (newer than 0.3.75)."""
+    import inspect
+
+    from comfy.ldm.lumina.model import NextDiT
+
+    return "ref_latents" in inspect.signature(NextDiT._forward).parameters
 
 
 def load_tiny_flux():
@@ -66,6 +79,7 @@ class TinyFamily:
     joint_blocks: "double" or "single", the blocks whose output is one joint stream (None: no such blocks).
     joint_tokens: how many text and image tokens that joint stream holds, in its order.
     extras: extra conditioning keys, from CLIP's tokens [1, 77, 768].
+    needs: what the host must offer for this model, checked before it is used (None: every host does).
     """
 
     name: str
@@ -74,18 +88,23 @@ class TinyFamily:
     joint_blocks: str | None = None
     joint_tokens: dict = field(default_factory=dict)
     extras: Callable[[torch.Tensor], dict] = no_extras
+    needs: Callable[[], bool] | None = None
 
 
 FLUX_FAMILY, SD3_FAMILY = "Flux / Flux 2 / Kontext", "SD3 / SD3.5"
 TINY_FAMILIES = (
     TinyFamily("flux", FLUX_FAMILY, load_tiny_flux, "single", {"text": TEXT_TOKENS, "image": IMAGE_TOKENS}),
     TinyFamily("kontext", FLUX_FAMILY, load_tiny_flux, "single",
-               {"text": TEXT_TOKENS, "image": 2 * IMAGE_TOKENS}, kontext_reference),  # the reference's tokens too
+               {"text": TEXT_TOKENS, "image": 2 * IMAGE_TOKENS}, reference_latent(1, 16, 8, 8)),  # + the reference
     # Flux 2: patch size 1 (64 image tokens); ComfyUI pads its text to 512 tokens.
     TinyFamily("flux2", FLUX_FAMILY, tiny_transformer("FLUX2"), "single", {"text": 512, "image": 64}),
     TinyFamily("chroma", "Chroma", tiny_transformer("CHROMA"), "single", {"text": TEXT_TOKENS, "image": IMAGE_TOKENS}),
+    # Chroma Radiance: 8 x 8 pixels in 4 x 4 patches.
+    TinyFamily("chroma_radiance", "Chroma", tiny_transformer("CHROMA_RADIANCE"), "single",
+               {"text": TEXT_TOKENS, "image": 4}),
     TinyFamily("sd3", SD3_FAMILY, load_tiny_sd3),
     TinyFamily("qwen_image", "Qwen-Image", tiny_transformer("QWEN_IMAGE")),
+    TinyFamily("qwen_image_edit", "Qwen-Image", tiny_transformer("QWEN_IMAGE"), extras=reference_latent(1, 16, 1, 8, 8)),
     # HiDream's single blocks: [image | T5 and last Llama layer's tokens (kept) | this block's Llama tokens].
     TinyFamily("hidream", "HiDream", tiny_transformer("HIDREAM"), "single",
                {"image": IMAGE_TOKENS, "text": 3 * TEXT_TOKENS}, hidream_llama_states),
@@ -93,8 +112,21 @@ TINY_FAMILIES = (
                {"text": TEXT_TOKENS, "image": IMAGE_TOKENS}),
     # Z-Image pads its caption and image tokens to multiples of 32.
     TinyFamily("zimage", "Lumina 2 / Z-Image", tiny_transformer("ZIMAGE"), "double", {"text": 96, "image": 32}),
+    # Z-Image editing, which only newer ComfyUI has (marked newer_comfyui): the reference brings 32 padding caption
+    # tokens and 32 image tokens.
+    pytest.param(TinyFamily("zimage_edit", "Lumina 2 / Z-Image", tiny_transformer("ZIMAGE"), "double",
+                            {"text": 32 + 96, "image": 32 + 32}, reference_latent(1, 16, 8, 8),
+                            lumina_takes_reference_latents),
+                 marks=pytest.mark.newer_comfyui, id="zimage_edit"),
 )
-JOINT_FAMILIES = tuple(tiny for tiny in TINY_FAMILIES if tiny.joint_blocks)
+
+
+def spec_of(tiny) -> TinyFamily:
+    """The TinyFamily of a TINY_FAMILIES entry (some are wrapped in pytest.param with marks)."""
+    return tiny.values[0] if hasattr(tiny, "values") else tiny
+
+
+JOINT_FAMILIES = tuple(tiny for tiny in TINY_FAMILIES if spec_of(tiny).joint_blocks)
 
 
 @dataclass(frozen=True)
@@ -110,16 +142,25 @@ class TinyDiT:
                      for conditioning in base)
 
 
+def loaded(spec: TinyFamily) -> TinyDiT:
+    """`spec` with its model loaded, after checking that the host offers what it needs: a model marked
+    `newer_comfyui` fails here on a ComfyUI without that feature rather than passing without it."""
+    assert spec.needs is None or spec.needs(), (
+        f"this ComfyUI lacks {spec.needs.__name__}, which '{spec.name}' tests; it runs only on the newer hosts "
+        "of the compatibility matrix (deselect it elsewhere with -m 'not newer_comfyui')")
+    return TinyDiT(spec, spec.load())
+
+
 @pytest.fixture(scope="session", params=TINY_FAMILIES, ids=lambda tiny: tiny.name)
 def tiny_dit(request, comfy) -> TinyDiT:
     """Each supported family's tiny model in turn."""
-    return TinyDiT(request.param, request.param.load())
+    return loaded(request.param)
 
 
 @pytest.fixture(scope="session", params=JOINT_FAMILIES, ids=lambda tiny: tiny.name)
 def tiny_joint_dit(request, comfy) -> TinyDiT:
     """Each family with joint-stream blocks in turn."""
-    return TinyDiT(request.param, request.param.load())
+    return loaded(request.param)
 
 
 @pytest.fixture(scope="session")
@@ -163,19 +204,33 @@ def conditioning(tiny_sd15):
     return encode("a lighthouse at dusk"), encode("blurry")
 
 
-def sample(model, conditioning, cfg: float, seed: int = 7, batch: int = BATCH, steps: int = STEPS) -> torch.Tensor:
+def sample(model, conditioning, cfg: float, seed: int = 7, batch: int = BATCH, steps: int = STEPS,
+           spread: float | None = None) -> torch.Tensor:
     """Final latents of the stock KSampler path (euler, simple) on 64x64 pixels, on one CPU thread (on a
-    shared CPU, more threads mostly wait on each other)."""
+    shared CPU, more threads mostly wait on each other). The noise is ComfyUI's for `seed`, or with a
+    `spread`, that of a batch of near-copies (see `near_copy_noise`)."""
     import comfy.sample
 
     from particle_repulsion.nodes.style_training import one_cpu_thread
 
     positive, negative = conditioning
     latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros(batch, 4, 8, 8))
-    noise = comfy.sample.prepare_noise(latent, seed)
+    if spread is None:
+        noise = comfy.sample.prepare_noise(latent, seed)
+    else:
+        noise = near_copy_noise(latent.shape, seed, spread)
     with torch.inference_mode(), one_cpu_thread(torch.device("cpu")):
         return comfy.sample.sample(model, noise, steps, cfg, "euler", "simple", positive, negative, latent,
                                    disable_pbar=True, seed=seed)
+
+
+def near_copy_noise(shape: torch.Size, seed: int, spread: float) -> torch.Tensor:
+    """Unit-variance noise `shape` whose samples share one draw and differ by `spread` times their own:
+    a batch that would come out as near-copies, what the node is for."""
+    generator = torch.Generator().manual_seed(seed)
+    shared = torch.randn((1, *shape[1:]), generator=generator)
+    own = torch.randn(shape, generator=generator)
+    return (shared + spread * own) / (1 + spread ** 2) ** 0.5
 
 
 class StreamProbe:

@@ -11,6 +11,7 @@ from contextual_fixtures import (  # noqa: F401  (fixtures are used by name)
     chunk_entropies,
     conditioning,
     sample,
+    spec_of,
     tiny_dit,
     tiny_flux,
     tiny_joint_dit,
@@ -23,6 +24,11 @@ from graphs import CHECKPOINT, Graph
 PROBED_BLOCK = 1  # the double block in the default middle third of every tiny model (3 or 4 blocks)
 WINDOW_END = 0.5  # the first 2 of the 4 steps
 STRONG = {"step_size": 0.3, "iterations": 2}
+# Every block, the whole schedule, a large step: tiny random models pass little of a text stream's change on
+# to the image, so the final latents show the spread only at full force.
+SPREADING = {"step_size": 1.0, "iterations": 4, "blocks": "double + single", "block_start": 0.0, "block_end": 1.0,
+             "end": 1.0}
+NEAR_COPIES = 0.1  # the batch's noise: a shared draw plus 0.1 times each sample's own
 
 
 def contextual(model, step_size=0.0, iterations=2, stream="text", blocks="double", block_start=0.33,
@@ -51,7 +57,7 @@ def test_every_family_of_the_node_is_present_on_this_comfyui(comfy):
 
     missing = [family.name for family in FAMILIES if family.network_class() is None]
     assert not missing, f"this ComfyUI lacks the network class of {missing}"
-    assert {family.name for family in FAMILIES} == {tiny.family for tiny in TINY_FAMILIES}  # each one is tested
+    assert {family.name for family in FAMILIES} == {spec_of(tiny).family for tiny in TINY_FAMILIES}  # each one is tested
 
 
 def test_each_tiny_model_is_recognised_as_its_family(tiny_dit):
@@ -68,12 +74,13 @@ def test_step_size_zero_is_bit_identical_to_the_unpatched_model(tiny_dit, condit
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_repulsion_raises_the_vendi_score_of_the_final_latents(tiny_dit, conditioning, seed):
+def test_repulsion_spreads_a_batch_of_near_copies(tiny_dit, conditioning, seed):
     family_conditioning = tiny_dit.conditioning(conditioning)
-    plain = sample(tiny_dit.model, family_conditioning, cfg=3.0, seed=seed)
-    repelled = sample(contextual(tiny_dit.model, **STRONG), family_conditioning, cfg=3.0, seed=seed)
+    plain = sample(tiny_dit.model, family_conditioning, cfg=3.0, seed=seed, spread=NEAR_COPIES)
+    repelled = sample(contextual(tiny_dit.model, **SPREADING), family_conditioning, cfg=3.0, seed=seed,
+                      spread=NEAR_COPIES)
     assert torch.isfinite(repelled).all()
-    assert log_vendi(repelled) > log_vendi(plain)
+    assert log_vendi(repelled) > log_vendi(plain) + 0.01  # measured gains: 0.03 to 0.5
 
 
 def test_every_block_including_the_last_sd3_block_runs_with_repulsion(tiny_sd3, conditioning):
@@ -194,12 +201,11 @@ def test_the_patch_lives_on_a_clone(tiny_dit):
 
 def test_forward_hooks_last_one_model_call_and_leave_the_shared_network_plain(tiny_dit, conditioning):
     family_conditioning = tiny_dit.conditioning(conditioning)
-    plain_before = sample(tiny_dit.model, family_conditioning, cfg=3.0)
-    sample(contextual(tiny_dit.model, **STRONG, blocks="double + single", block_start=0.0, block_end=1.0),
-           family_conditioning, cfg=3.0)
+    plain_before = sample(tiny_dit.model, family_conditioning, cfg=1.0)
+    sample(contextual(tiny_dit.model, **SPREADING), family_conditioning, cfg=1.0)
     hooked = [name for name, module in tiny_dit.model.model.diffusion_model.named_modules() if module._forward_hooks]
     assert not hooked
-    assert torch.equal(sample(tiny_dit.model, family_conditioning, cfg=3.0), plain_before)
+    assert torch.equal(sample(tiny_dit.model, family_conditioning, cfg=1.0), plain_before)
 
 
 def test_a_batch_of_one_skips_with_a_warning(tiny_flux, conditioning, caplog):
@@ -233,16 +239,16 @@ def test_an_empty_block_range_is_refused(tiny_sd3):
 def test_on_the_server_sd3_through_unet_loader(server, tiny_checkpoint, tiny_sd3_file):
     graph = Graph(tiny_checkpoint, batch_size=4, cfg=3.0)
     graph.add("sd3", "UNETLoader", unet_name=tiny_sd3_file, weight_dtype="default")
-    node_inputs = {"model": ["sd3", 0], "iterations": 2, "stream": "text", "blocks": "double",
-                   "block_start": 0.33, "block_end": 0.67, "start": 0.0, "end": WINDOW_END}
+    node_inputs = {"model": ["sd3", 0], "stream": "text", "start": 0.0,
+                   **{name: value for name, value in SPREADING.items() if name != "step_size"}}
     graph.add("off", "ParticleRepulsionContextual", step_size=0.0, **node_inputs)
-    graph.add("on", "ParticleRepulsionContextual", step_size=STRONG["step_size"], **node_inputs)
+    graph.add("on", "ParticleRepulsionContextual", step_size=SPREADING["step_size"], **node_inputs)
     stock = graph.save_latent(graph.stock_ksampler("stock", steps=STEPS, model="sd3"))
     off = graph.save_latent(graph.stock_ksampler("sampled_off", steps=STEPS, model="off"))
     on = graph.save_latent(graph.stock_ksampler("sampled_on", steps=STEPS, model="on"))
     result = server.run(graph.nodes)
     assert torch.equal(result.latents(off), result.latents(stock))
-    assert log_vendi(result.latents(on)) > log_vendi(result.latents(stock))
+    assert log_vendi(result.latents(on)) > log_vendi(result.latents(stock)) + 0.005  # measured: about 0.02
 
     unet_graph = Graph(tiny_checkpoint, batch_size=2)
     unet_graph.add("refused", "ParticleRepulsionContextual", step_size=0.3, **{**node_inputs, "model": [CHECKPOINT, 0]})
