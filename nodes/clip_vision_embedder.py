@@ -155,16 +155,16 @@ class ClipVisionEmbedderRecipe:
             raise ValueError(f"Unknown decoder {self.decoder!r}; choose one of: {', '.join(DECODERS)}.")
         lookup = find_taesd_decoder(latent_format) if self.decoder != "latent_rgb" else TAESDLookup(None)
         if lookup.file is not None:
-            return self._taesd(lookup.file, latent_channels)
-        if self.decoder == "taesd":
+            decoder = self._taesd(lookup.file, latent_channels)
+        elif self.decoder == "taesd":
             raise ValueError(_no_taesd_message(lookup, latent_format))
-        preview = preview_decoder(latent_format)
-        if preview is None:
-            raise ValueError(_no_preview_message(lookup, latent_format, self.decoder))
-        if self.decoder == "auto":
-            LOG.info("Particle Repulsion: the CLIP Vision Embedder decodes %s latents with the latent-to-RGB preview "
-                     "factors (no TAESD decoder .safetensors in models/vae_approx).", _format_label(latent_format))
-        return preview
+        else:
+            decoder = preview_decoder(latent_format)
+            if decoder is None:
+                raise ValueError(_no_preview_message(lookup, latent_format, self.decoder))
+        LOG.info("Particle Repulsion: the CLIP Vision Embedder decodes %s latents with %s.",
+                 _format_label(latent_format), decoder.name)
+        return decoder
 
     def _taesd(self, file_name: str, latent_channels: int) -> ImageDecoder:
         status = os.stat(folder_paths.get_full_path_or_raise(VAE_APPROX, file_name))
