@@ -10,12 +10,13 @@ output. Two ways, both public ComfyUI mechanisms on a clone of the MODEL, so the
   block-replace patches `transformer_options["patches_replace"]["dit"][(name, i)]`, called as
   `patch(args, {"original_block": block})`. The node's patch runs the block (through the patch that was
   already there, if any, so that both act) and post-processes its output.
-- FORWARD_HOOKS, for families whose blocks ComfyUI offers no such patch (HiDream in 0.3.75 and 0.12.1;
-  Lumina 2 / Z-Image in 0.3.75, which 0.12.1 gives only a post-block patch list that older versions
-  lack): a DIFFUSION_MODEL wrapper (`ModelPatcher.add_wrapper_with_key`, `comfy.patcher_extension`) that
-  registers a torch forward hook on the block for one call of the diffusion model and removes it when
-  the call returns. The wrapper lives in the clone's options, so only that MODEL's calls run it, and the
-  hook never outlives the call, so other MODELs sharing the same network never see it.
+- FORWARD_HOOKS, for families whose blocks ComfyUI offers no replace patch (HiDream and Lumina 2 / Z-Image,
+  in 0.3.75 and 0.12.1; 0.12.1 adds a post-block list `patches["double_block"]` to Lumina 2, which 0.3.75
+  lacks, so one mechanism serves both): a DIFFUSION_MODEL wrapper (`ModelPatcher.add_wrapper_with_key`,
+  `comfy.patcher_extension`) that registers a torch forward hook on the block for one call of the
+  diffusion model and removes it when the call returns. The wrapper lives in the clone's wrappers, so only
+  that MODEL's calls run it, and the hook never outlives the call, so other MODELs sharing the same
+  network never see it. No ComfyUI code is replaced.
 
 Joint streams (text and image tokens in one tensor: Flux's single blocks, HiDream's single blocks, every
 Lumina 2 block) are split by the length of their leading part, which a recorder notes in the call's
@@ -199,7 +200,8 @@ class Family:
 # Flux's double blocks return {"img", "txt"}; its single blocks one joint stream "img" = [text | image].
 FLUX_DOUBLE = Blocks("double_block", "double_blocks", text=Slot("txt"), image=Slot("img"))
 FLUX_SINGLE = Blocks("single_block", "single_blocks", text=Slot("img", LEADING), image=Slot("img", TRAILING))
-# HiDream's double blocks return (image, text); its single blocks one joint stream [image | text].
+# HiDream's double blocks return (image, text), the text ending with this block's Llama tokens (dropped after the
+# block); its single blocks one joint stream [image | text].
 HIDREAM_DOUBLE = Blocks("double_block", "double_stream_blocks", text=Slot(1), image=Slot(0))
 FAMILIES = (
     Family("Flux / Flux 2 / Kontext", "comfy.ldm.flux.model.Flux", PATCHES_REPLACE, FLUX_DOUBLE, FLUX_SINGLE,
