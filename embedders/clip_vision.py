@@ -127,18 +127,18 @@ class _Embeddings(nn.Module):
         """Tokens `[N, 1 + g*g, D]` (class token first) of pixels `[N, 3, g*p, g*p]`."""
         patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
         class_token = self.class_embedding.expand(pixels.shape[0], 1, -1)
-        return torch.cat([class_token, patches], dim=1) + self.position_embedding.weight
+        return torch.cat([class_token, patches], dim=1) + self.positions(math.isqrt(patches.shape[1]))
 
-    def resample_positions(self, grid: int) -> None:
-        """Resize the patch positions from their trained grid to `grid` x `grid` (bicubic), class position kept."""
-        table = self.position_embedding.weight.detach()
+    def positions(self, grid: int) -> Tensor:
+        """The position table `[1 + grid*grid, D]`: the trained one, or its patch part resized bicubically
+        from the trained grid to `grid` x `grid` (the class token's row kept)."""
+        table = self.position_embedding.weight
         trained_grid = math.isqrt(table.shape[0] - 1)
         if grid == trained_grid:
-            return
+            return table
         patch_positions = table[1:].T.reshape(1, -1, trained_grid, trained_grid)
         resized = F.interpolate(patch_positions, size=(grid, grid), mode="bicubic", align_corners=False)
-        resampled = torch.cat([table[:1], resized.reshape(table.shape[1], grid * grid).T])
-        self.position_embedding = nn.Embedding.from_pretrained(resampled, freeze=True)
+        return torch.cat([table[:1], resized.reshape(table.shape[1], grid * grid).T])
 
 
 class _Vision(nn.Module):
@@ -153,21 +153,21 @@ class _Vision(nn.Module):
 class FrozenVisionTower(nn.Module):
     """A frozen copy of a CLIP vision transformer: normalised pixels `[N, 3, S, S]` -> embeddings `[N, P]`.
 
-    `FrozenVisionTower(source, image_size)` copies, as float32 tensors that never require grad, the
-    weights of `source`, a CLIP vision module in the Hugging Face layout (ComfyUI's
-    `CLIPVisionModelProjection`): class-token ViTs such as ViT-L/14, ViT-H/14, ViT-bigG/14, 224 or 336
-    pixels. Sizes come from the weights' shapes; the head count and the MLP activation from the source's
-    first layer (`self_attn.heads` or `.num_heads`, `mlp.activation` or `.activation_fn`).
+    `FrozenVisionTower(source)` copies, as float32 tensors that never require grad, the weights of
+    `source`, a CLIP vision module in the Hugging Face layout (ComfyUI's `CLIPVisionModelProjection`):
+    class-token ViTs such as ViT-L/14, ViT-H/14, ViT-bigG/14, at 224 or 336 pixels. Sizes come from the
+    weights' shapes; the head count and the MLP activation from the source's first layer
+    (`self_attn.heads` or `.num_heads`, `mlp.activation` or `.activation_fn`). Construct it outside
+    `torch.inference_mode()`.
 
     The embedding is ComfyUI's `image_embeds`: the class token after the final layer norm, through the
-    visual projection (P = projection width; the hidden width when the model has no projection).
-    `image_size` S (None = the size the model was trained at; else rounded down to a multiple of the
-    patch size) is the input side; at other sizes the patch position table is resampled bicubically:
-    cheaper (the cost grows with the (S / patch)^2 tokens), at some loss of fidelity. Construct it
-    outside `torch.inference_mode()`.
+    visual projection (P = projection width; the hidden width when the model has no projection). Any
+    side S that is a multiple of the patch size works: away from the trained size the patch position
+    table is resampled bicubically, cheaper (the cost grows with the (S / patch)^2 tokens) at some loss
+    of fidelity.
     """
 
-    def __init__(self, source: nn.Module, image_size: int | None = None) -> None:
+    def __init__(self, source: nn.Module) -> None:
         super().__init__()
         state = _tower_state(source)
         width, _, patch_size, _ = state["vision_model.embeddings.patch_embedding.weight"].shape
@@ -186,14 +186,20 @@ class FrozenVisionTower(nn.Module):
         self.eval()
         self.patch_size = patch_size
         self.trained_image_size = math.isqrt(positions - 1) * patch_size
-        self.image_size = self._checked_image_size(image_size)
-        self.vision_model.embeddings.resample_positions(self.image_size // patch_size)
 
     @property
     def embedding_size(self) -> int:
         """P, the length of one image embedding."""
         projection = self.visual_projection
         return self.vision_model.post_layernorm.normalized_shape[0] if projection is None else projection.out_features
+
+    def input_size(self, image_size: int | None) -> int:
+        """The input side S for a requested `image_size`: rounded down to a multiple of the patch size, the
+        trained size for None."""
+        if image_size is None:
+            return self.trained_image_size
+        check_whole_number("CLIP image size", image_size, minimum=self.patch_size)
+        return image_size - image_size % self.patch_size
 
     def forward(self, pixels: Tensor) -> Tensor:
         """Embeddings `[N, P]` (in the tower's dtype) of normalised pixels `[N, 3, S, S]`."""
@@ -203,13 +209,6 @@ class FrozenVisionTower(nn.Module):
             tokens = layer(tokens)
         pooled = vision.post_layernorm(tokens[:, 0])
         return pooled if self.visual_projection is None else self.visual_projection(pooled)
-
-    def _checked_image_size(self, image_size: int | None) -> int:
-        """`image_size` rounded down to a multiple of the patch size; the trained size for None."""
-        if image_size is None:
-            return self.trained_image_size
-        check_whole_number("CLIP image size", image_size, minimum=self.patch_size)
-        return image_size - image_size % self.patch_size
 
 
 def _tower_state(source: nn.Module) -> dict[str, Tensor]:
@@ -262,22 +261,24 @@ class ClipVisionEmbedder(Embedder):
        S x S, subtract CLIP's mean and divide by its standard deviation;
     4. the tower's image embedding, divided by its length (CLIP embeddings are compared by angle).
 
-    mean, std: CLIP's per-channel pixel statistics (3 numbers each).
+    mean, std: CLIP's per-channel pixel statistics (3 numbers each); image_size: S, None for the size
+    the tower was trained at (see `FrozenVisionTower.input_size`).
     """
 
     description = "Content: what the image shows, as your CLIP vision model sees the predicted image."
     title = "CLIP vision"
 
     def __init__(self, decoder: ImageDecoder, tower: FrozenVisionTower, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+                 std: Sequence[float], image_size: int | None = None) -> None:
         super().__init__(latent_channels=decoder.latent_channels)
         self.decoder = decoder
         self.tower = tower
+        self.image_size = tower.input_size(image_size)
         self.register_buffer("pixel_mean", _channel_statistic(mean, "mean"))
         self.register_buffer("pixel_std", _channel_statistic(std, "standard deviation"))
 
     def embed(self, latents: Tensor, sigma: Tensor | None) -> Tensor:
-        size = self.tower.image_size
+        size = self.image_size
         rgb = self.decoder(shrink_for_decoder(latents, self.decoder.upscale, size))
         pixels = (center_crop_resize(rgb, size) - self.pixel_mean.view(3, 1, 1)) / self.pixel_std.view(3, 1, 1)
         return F.normalize(self.tower(pixels), dim=1).to(latents.dtype)

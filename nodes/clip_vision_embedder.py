@@ -37,6 +37,9 @@ VAE_APPROX = "vae_approx"
 # The image TAESD decoders ComfyUI knows (latent_format.taesd_decoder_name); video ones are other networks.
 IMAGE_TAESD_DECODERS = frozenset({"taesd_decoder", "taesdxl_decoder", "taesd3_decoder", "taef1_decoder"})
 TAESD_UPSCALE = 8
+# CLIP's input side by default: 8 x 8 patches of ViT-L/14 keep the CLIP embedder within 15% of an SD1.5 UNet
+# step at 512 px (benchmarks/bench_cost.py); the model's own 224 px costs about three times that.
+DEFAULT_IMAGE_SIZE = 112
 SAFETENSORS = ".safetensors"
 # OpenAI CLIP's pixel statistics, ComfyUI's defaults when a config gives none.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -115,18 +118,19 @@ def preview_decoder(latent_format) -> ImageDecoder | None:
         return latent_rgb_decoder(factors, getattr(latent_format, "latent_rgb_factors_bias", None))
 
 
-def frozen_tower(clip_vision, image_size: int) -> FrozenVisionTower:
-    """The frozen, differentiable float32 copy of a CLIP_VISION's tower (`image_size` 0 = its own size)."""
+def frozen_tower(clip_vision) -> FrozenVisionTower:
+    """The frozen, differentiable float32 copy of a CLIP_VISION's vision tower."""
     model = getattr(clip_vision, "model", None)
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "vision_model"):
         raise ValueError("The clip_vision input is not a CLIP vision model; load one with Load CLIP Vision.")
     with torch.inference_mode(False):
-        return FrozenVisionTower(model, image_size or None)
+        return FrozenVisionTower(model)
 
 
 @dataclass(frozen=True, eq=False)
 class ClipVisionEmbedderRecipe:
-    """The CLIP vision embedder's EMBEDDER: a frozen tower, CLIP's pixel statistics and a decoder choice.
+    """The CLIP vision embedder's EMBEDDER: a frozen tower, CLIP's pixel statistics, a decoder choice and
+    CLIP's input side (`image_size`, pixels; None = the tower's own).
 
     The tower is made once per node run (ComfyUI keeps the node's output while its inputs stay the same,
     so later prompts reuse it); TAESD decoders are cached here per file version and channel count.
@@ -136,6 +140,7 @@ class ClipVisionEmbedderRecipe:
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
     decoder: str = "auto"
+    image_size: int | None = DEFAULT_IMAGE_SIZE
     _decoders: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -148,7 +153,7 @@ class ClipVisionEmbedderRecipe:
             raise ValueError(f"The CLIP Vision Embedder's decoder, {decoder.name}, reads {decoder.latent_channels}-"
                              f"channel latents, but the model makes {latent_channels}-channel latents.")
         with torch.inference_mode(False):
-            return ClipVisionEmbedder(decoder, self.tower, self.mean, self.std)
+            return ClipVisionEmbedder(decoder, self.tower, self.mean, self.std, self.image_size)
 
     def _decoder(self, latent_channels: int, latent_format) -> ImageDecoder:
         if self.decoder not in DECODERS:
@@ -227,14 +232,16 @@ class CLIPVisionEmbedder:
                            "taesd3_decoder or taef1_decoder), else latent_rgb. taesd: require it. latent_rgb: the "
                            "model's linear preview colours (blurry, but free)."}),
             "image_size": ("INT", {
-                "default": 0, "min": 0, "max": 1024, "step": 14,
-                "tooltip": "Side in pixels of the image CLIP sees; 0 = the model's own (224 for ViT-L/14). "
-                           "Smaller is faster (the cost grows with the square of the side) but sees less; "
-                           "rounded down to a multiple of the model's patch size."}),
+                "default": DEFAULT_IMAGE_SIZE, "min": 0, "max": 1024, "step": 14,
+                "tooltip": f"Side in pixels of the image CLIP sees. {DEFAULT_IMAGE_SIZE} (default) costs about a "
+                           "tenth of a UNet step (benchmarks/bench_cost.py); 0 = the model's own size (224 for "
+                           "ViT-L/14): sees finer detail, about three times the cost (it grows with the square of "
+                           "the side). Rounded down to a multiple of the model's patch size (14)."}),
         }}
 
     def choose(self, clip_vision, decoder, image_size):
-        recipe = ClipVisionEmbedderRecipe(frozen_tower(clip_vision, image_size),
+        recipe = ClipVisionEmbedderRecipe(frozen_tower(clip_vision),
                                           tuple(getattr(clip_vision, "image_mean", CLIP_MEAN)),
-                                          tuple(getattr(clip_vision, "image_std", CLIP_STD)), decoder)
+                                          tuple(getattr(clip_vision, "image_std", CLIP_STD)), decoder,
+                                          image_size or None)
         return (recipe,)

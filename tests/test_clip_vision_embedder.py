@@ -99,7 +99,7 @@ def test_the_frozen_tower_gives_comfyuis_image_embeds(clip_vision):
             tower = FrozenVisionTower(clip_vision.model)
     assert not any(parameter.is_inference() or parameter.requires_grad for parameter in tower.parameters())
     assert all(parameter.dtype == torch.float32 for parameter in tower.parameters())
-    assert (tower.image_size, tower.embedding_size) == (56, 32)
+    assert (tower.trained_image_size, tower.embedding_size) == (56, 32)
     torch.testing.assert_close(tower(pixels), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -140,10 +140,12 @@ def test_large_latents_are_shrunk_before_taesd_decodes_them(glue, clip_vision):
 
 
 def test_image_size_rounds_to_patches_and_resamples_positions(glue, clip_vision):
-    recipe = node_recipe(glue, clip_vision, "latent_rgb", image_size=30)
-    assert recipe.tower.image_size == 28
-    assert recipe.tower.vision_model.embeddings.position_embedding.weight.shape == (1 + 2 * 2, 64)
-    assert build(recipe)(latents()).shape == (3, 32)
+    embedder = build(node_recipe(glue, clip_vision, "latent_rgb", image_size=30))
+    assert embedder.image_size == 28
+    embeddings = embedder.tower.vision_model.embeddings
+    assert embeddings.positions(2).shape == (1 + 2 * 2, 64) and embeddings.positions(4) is embeddings.position_embedding.weight
+    assert embedder(latents()).shape == (3, 32)
+    assert build(node_recipe(glue, clip_vision, "latent_rgb", image_size=0)).image_size == 56  # the model's own
 
 
 def test_a_second_build_reuses_the_tower_and_the_decoder(glue, clip_vision):
