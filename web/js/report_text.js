@@ -1,17 +1,28 @@
 // Shows the text report of the pack's Diversity nodes on the node itself, under its widgets.
 // The Python node returns it as `ui.text`; ComfyUI's frontend only draws that for its own text nodes.
+// Public extension API only: scripts/app.js, app.registerExtension, the node's onExecuted and addDOMWidget
+// (the frontend's own multiline text widget is a textarea in a DOM widget too).
 import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
 
 const REPORT_NODES = new Set(["ParticleRepulsionDiversityMetric", "ParticleRepulsionDiversityCompare"]);
 const REPORT_WIDGET = "report_text";
 
+function reportTextArea() {
+  const text = document.createElement("textarea");
+  text.readOnly = true;
+  text.spellcheck = false;
+  Object.assign(text.style, { fontFamily: "monospace", fontSize: "11px", width: "100%", resize: "none" });
+  return text;
+}
+
 function reportWidget(node) {
   const existing = node.widgets?.find((widget) => widget.name === REPORT_WIDGET);
   if (existing) return existing;
-  const widget = ComfyWidgets.STRING(node, REPORT_WIDGET, ["STRING", { multiline: true }], app).widget;
-  widget.inputEl.readOnly = true;
-  widget.inputEl.style.fontFamily = "monospace";
+  const text = reportTextArea();
+  const widget = node.addDOMWidget(REPORT_WIDGET, "particle_repulsion_report", text, {
+    getValue: () => text.value,
+    setValue: (value) => { text.value = value; },
+  });
   widget.serialize = false; // a view of the last run, not an input: keep saved widgets_values unchanged
   return widget;
 }
