@@ -6,7 +6,8 @@ and uncond are never mixed. Everything that differs between model families is on
 which blocks, where their output holds the text and the image tokens, and how the node reaches a block's
 output. Two ways, both public ComfyUI mechanisms on a clone of the MODEL, so the input MODEL is untouched:
 
-- PATCHES_REPLACE, where the model offers it (Flux, Flux 2, Kontext, Chroma, SD3, Qwen-Image): ComfyUI's
+- PATCHES_REPLACE, where the model offers it (Flux, Flux 2, Kontext, Chroma, SD3, Qwen-Image, HunyuanVideo /
+  HunyuanImage 2.1): ComfyUI's
   block-replace patches `transformer_options["patches_replace"]["dit"][(name, i)]`, called as
   `patch(args, {"original_block": block})`. The node's patch runs the block (through the patch that was
   already there, if any, so that both act) and post-processes its output.
@@ -18,8 +19,8 @@ output. Two ways, both public ComfyUI mechanisms on a clone of the MODEL, so the
   that MODEL's calls run it, and the hook never outlives the call, so other MODELs sharing the same
   network never see it. No ComfyUI code is replaced.
 
-Joint streams (text and image tokens in one tensor: Flux's single blocks, HiDream's single blocks, every
-Lumina 2 block) are split by the length of their leading part, which a recorder notes in the call's
+Joint streams (text and image tokens in one tensor: the single blocks of Flux, HunyuanVideo and HiDream,
+every Lumina 2 block) are split by the length of their leading part, which a recorder notes in the call's
 `transformer_options` at an earlier block (one dict per model call, passed to every block).
 """
 from __future__ import annotations
@@ -212,6 +213,11 @@ FAMILIES = (
            Blocks("double_block", "joint_blocks", text=Slot("txt"), image=Slot("img"))),
     Family("Qwen-Image", "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel", PATCHES_REPLACE,
            Blocks("double_block", "transformer_blocks", text=Slot("txt"), image=Slot("img"))),
+    # HunyuanVideo, HunyuanImage 2.1: Flux's layout, but the single blocks' joint stream is [image | text].
+    Family("HunyuanVideo / HunyuanImage 2.1", "comfy.ldm.hunyuan_video.model.HunyuanVideo", PATCHES_REPLACE,
+           FLUX_DOUBLE,
+           Blocks("single_block", "single_blocks", text=Slot("img", TRAILING), image=Slot("img", LEADING)),
+           (FLUX_DOUBLE, "image")),
     Family("HiDream", "comfy.ldm.hidream.model.HiDreamImageTransformer2DModel", FORWARD_HOOKS, HIDREAM_DOUBLE,
            Blocks("single_block", "single_stream_blocks", text=Slot(None, TRAILING), image=Slot(None, LEADING)),
            (HIDREAM_DOUBLE, "image")),
@@ -357,9 +363,10 @@ class ContextualRepulsion:
     DESCRIPTION = ("Makes the images of one batch differ in what they depict, not just in noise: during the "
                    "first steps, inside the middle transformer blocks, the text-token stream of each image is "
                    "pushed away from the others' (Dahary et al., contextual repulsion). For Flux, Flux 2, "
-                   "Kontext, Chroma, SD3/SD3.5, Qwen-Image, HiDream, Lumina 2 and Z-Image models; use a batch "
-                   "size of 2 or more. Step size 0 is exactly the unpatched model. For UNet models (SD1.x, "
-                   "SDXL) use the Repulsive KSampler instead.")
+                   "Kontext, Chroma, SD3/SD3.5, Qwen-Image, HiDream, Lumina 2, Z-Image and HunyuanImage "
+                   "2.1 / HunyuanVideo models; use a batch size of 2 or more. Step size 0 is "
+                   "exactly the unpatched model. For UNet models (SD1.x, SDXL) use the Repulsive KSampler "
+                   "instead.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The model with contextual repulsion; connect it to any sampler.",)
@@ -368,8 +375,8 @@ class ContextualRepulsion:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "A Flux, Flux 2, Chroma, SD3/SD3.5, Qwen-Image, HiDream, Lumina 2 or "
-                                           "Z-Image model."}),
+            "model": ("MODEL", {"tooltip": "A Flux, Flux 2, Chroma, SD3/SD3.5, Qwen-Image, HiDream, Lumina 2, "
+                                           "Z-Image or HunyuanImage 2.1 / HunyuanVideo model."}),
             "step_size": ("FLOAT", {
                 "default": 0.05, "min": 0.0, "max": 10.0, "step": 0.005,
                 "tooltip": "How far each iteration turns an image's token stream away from the others: radians "
@@ -388,7 +395,7 @@ class ContextualRepulsion:
                 "tooltip": "double: the blocks where text and image tokens meet, as in the paper: the "
                            "double-stream blocks (Lumina 2 and Z-Image, which have only joint blocks: all of "
                            "them). double + single: also the single-stream blocks in the same range (Flux, "
-                           "Flux 2, Chroma, HiDream)."}),
+                           "Flux 2, Chroma, HiDream, HunyuanVideo)."}),
             "block_start": ("FLOAT", {
                 "default": 0.33, "min": 0.0, "max": 1.0, "step": 0.01,
                 "tooltip": "First block to patch, as a fraction of the block stack (0 = first block). "

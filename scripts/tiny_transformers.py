@@ -105,7 +105,17 @@ ZIMAGE = TinyTransformer("ZImage", {
     "rope_theta": 256.0, "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32,
 })
 
-# AuraFlow: a text-conditioned transformer with a text stream that Contextual Repulsion does not support.
+# HunyuanImage 2.1: the HunyuanVideo network on 2-D latents (64 channels, 1 x 1 patches).
+HUNYUAN_IMAGE = TinyTransformer("HunyuanImage21", {
+    "image_model": "hunyuan_video", "in_channels": 64, "out_channels": 64, "vec_in_dim": None,
+    "context_in_dim": CLIP_WIDTH, "hidden_size": 128, "mlp_ratio": 4.0, "num_heads": 4, "depth": 3,
+    "depth_single_blocks": 2, "axes_dim": [16, 16], "theta": 256, "patch_size": [1, 1], "qkv_bias": True,
+    "guidance_embed": False, "byt5": False, "meanflow": False, "use_cond_type_embedding": False,
+    "vision_in_dim": None,
+}, ("comfy.ldm.hunyuan_video.model.HunyuanVideoParams", {"meanflow_sum": False}))
+
+# AuraFlow: a transformer with a text stream that Contextual Repulsion does not support (yet): the tiny one
+# passes too little of its text on to its output to show what repulsion gains.
 AURAFLOW = TinyTransformer("AuraFlow", {
     "in_channels": 4, "out_channels": 4, "patch_size": 2, "dim": 128, "n_layers": 2, "n_double_layers": 1,
     "n_heads": 4, "global_conddim": 128, "cond_seq_dim": CLIP_WIDTH, "max_seq": 64,

@@ -104,7 +104,11 @@ TINY_FAMILIES = (
                {"text": TEXT_TOKENS, "image": 4}),
     TinyFamily("sd3", SD3_FAMILY, load_tiny_sd3),
     TinyFamily("qwen_image", "Qwen-Image", tiny_transformer("QWEN_IMAGE")),
-    TinyFamily("qwen_image_edit", "Qwen-Image", tiny_transformer("QWEN_IMAGE"), extras=reference_latent(1, 16, 1, 8, 8)),
+    TinyFamily("qwen_image_edit", "Qwen-Image", tiny_transformer("QWEN_IMAGE"),
+               extras=reference_latent(1, 16, 1, 8, 8)),
+    # HunyuanImage 2.1: 1 x 1 patches (64 image tokens), single blocks' joint stream [image | text].
+    TinyFamily("hunyuan_image", "HunyuanVideo / HunyuanImage 2.1", tiny_transformer("HUNYUAN_IMAGE"), "single",
+               {"image": 64, "text": TEXT_TOKENS}),
     # HiDream's single blocks: [image | T5 and last Llama layer's tokens (kept) | this block's Llama tokens].
     TinyFamily("hidream", "HiDream", tiny_transformer("HIDREAM"), "single",
                {"image": IMAGE_TOKENS, "text": 3 * TEXT_TOKENS}, hidream_llama_states),
