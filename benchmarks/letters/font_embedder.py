@@ -8,15 +8,16 @@ the installer puts it into `models/style_embedders/`, where Load Style Embedder 
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import folder_paths
 
+from particle_repulsion.embedders import load_style_embedder, save_style_embedder
 from particle_repulsion.nodes.model_folders import STYLE_EMBEDDERS, register_model_folders
 from particle_repulsion.nodes.style_training import StyleLatentsFromPrompts, TrainStyleEmbedder
 
 from .glyphs import IMAGE_SIDE, LETTERS, caption
+from .install import FONTS_EMBEDDER_MARK, MARK_KEY
 from .pipeline import SAMPLING, Letters
 
 TRAINING_NAME = "letters_font_embedder_training"
@@ -38,7 +39,8 @@ def node_defaults(node_class, names) -> dict:
 
 
 def train_font_embedder(model: Letters, destination: Path) -> str:
-    """Train the font embedder through the pack's nodes, copy its file to `destination`; the trainer's report."""
+    """Train the font embedder through the pack's nodes and save it to `destination` (with the letters mark in
+    its metadata, through the pack's own file functions); the trainer's report."""
     register_model_folders()
     settings = {key: SAMPLING[key] for key in ("steps", "cfg", "sampler_name", "scheduler")}
     style_latents = StyleLatentsFromPrompts().generate(
@@ -49,6 +51,6 @@ def train_font_embedder(model: Letters, destination: Path) -> str:
     _, report = TrainStyleEmbedder().train(model.model, style_latents, TRAINING_NAME, overwrite=True, epochs=EPOCHS,
                                            **trainer_defaults)["result"]
     trained = Path(folder_paths.get_full_path_or_raise(STYLE_EMBEDDERS, f"{TRAINING_NAME}.safetensors"))
-    shutil.copyfile(trained, destination)
+    save_style_embedder(destination, load_style_embedder(trained), {MARK_KEY: FONTS_EMBEDDER_MARK})
     trained.unlink()
     return report

@@ -36,26 +36,28 @@ UNET_NAME = "particle-repulsion-letters-sd3.safetensors"
 VAE_NAME = "particle-repulsion-letters-vae.safetensors"
 CLIP_NAME = "particle-repulsion-letters-clip-l.safetensors"
 FONTS_EMBEDDER_NAME = "particle-repulsion-letters-fonts.safetensors"
-CLIP_MARK_KEY = "particle_repulsion.letters"
+MARK_KEY = "particle_repulsion.letters"  # safetensors metadata naming which letters file this is
+TRANSFORMER_MARK, VAE_MARK, FONTS_EMBEDDER_MARK = "sd3 transformer", "taesd vae", "font embedder"
 CLIP_MARK = "tiny checkpoint CLIP-L, factory v2"
 
 
 @dataclass(frozen=True)
 class InstalledFile:
-    """One file the installer puts into `models/<folder>/<name>`: copied from `source`, or built by `build`
-    (tensors, written with the metadata `{CLIP_MARK_KEY: CLIP_MARK}` that identifies it as ours)."""
+    """One file the installer puts into `models/<folder>/<name>`: copied from `source` (which carries the
+    metadata {MARK_KEY: mark}), or built by `build` (tensors, written with that metadata)."""
 
     folder: str
     name: str
+    mark: str
     source: Path | None = None
     build: Callable[[], dict] | None = None
 
 
 INSTALLED_FILES = (
-    InstalledFile("diffusion_models", UNET_NAME, source=TRANSFORMER_FILE),
-    InstalledFile("vae", VAE_NAME, source=VAE_FILE),
-    InstalledFile("text_encoders", CLIP_NAME, build=conditioning.clip_l_state),
-    InstalledFile("style_embedders", FONTS_EMBEDDER_NAME, source=FONTS_EMBEDDER_FILE),
+    InstalledFile("diffusion_models", UNET_NAME, TRANSFORMER_MARK, source=TRANSFORMER_FILE),
+    InstalledFile("vae", VAE_NAME, VAE_MARK, source=VAE_FILE),
+    InstalledFile("text_encoders", CLIP_NAME, CLIP_MARK, build=conditioning.clip_l_state),
+    InstalledFile("style_embedders", FONTS_EMBEDDER_NAME, FONTS_EMBEDDER_MARK, source=FONTS_EMBEDDER_FILE),
 )
 ALL_FOLDERS = tuple(item.folder for item in INSTALLED_FILES)
 MODEL_FOLDERS = ("diffusion_models", "vae", "text_encoders")  # what sampling needs
@@ -65,14 +67,17 @@ class ForeignFile(FileExistsError):
     """A file of the same name that this installer did not write is in the way."""
 
 
-def _is_ours(item: InstalledFile, target: Path) -> bool:
-    if item.source is not None:
-        return target.read_bytes() == item.source.read_bytes()
+def file_mark(path: Path) -> str | None:
+    """The letters mark in a safetensors file's metadata (None for any other file)."""
     try:
-        with safe_open(str(target), framework="pt") as handle:
-            return (handle.metadata() or {}).get(CLIP_MARK_KEY) == CLIP_MARK
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(MARK_KEY)
     except Exception:  # not a safetensors file: certainly not ours
-        return False
+        return None
+
+
+def _up_to_date(item: InstalledFile, target: Path) -> bool:
+    return item.source is None or target.read_bytes() == item.source.read_bytes()
 
 
 def _write(item: InstalledFile, target: Path) -> None:
@@ -80,21 +85,21 @@ def _write(item: InstalledFile, target: Path) -> None:
     if item.source is not None:
         partial.write_bytes(item.source.read_bytes())
     else:
-        save_file(item.build(), str(partial), metadata={CLIP_MARK_KEY: CLIP_MARK})
+        save_file(item.build(), str(partial), metadata={MARK_KEY: item.mark})
     partial.replace(target)
 
 
 def install(comfyui_dir: Path = comfy_host.COMFYUI_DIR, folders: tuple[str, ...] = ALL_FOLDERS) -> dict[str, Path]:
-    """Put the letters model's files for `folders` into `comfyui_dir/models/...`; {folder: path}. Idempotent:
-    a file this installer wrote is kept; any other file of the same name raises ForeignFile and is left alone."""
+    """Put the letters model's files for `folders` into `comfyui_dir/models/...`; {folder: path}. Idempotent;
+    an older letters file of the same kind is replaced; any other file of the same name raises ForeignFile
+    and is left alone."""
     installed = {}
     for item in (item for item in INSTALLED_FILES if item.folder in folders):
         target = Path(comfyui_dir) / "models" / item.folder / item.name
-        if target.exists():
-            if not _is_ours(item, target):
-                raise ForeignFile(f"{target} exists and was not written by the letters installer; "
-                                  "move it away or rename it, nothing was overwritten.")
-        else:
+        if target.exists() and file_mark(target) != item.mark:
+            raise ForeignFile(f"{target} exists and is not the letters model's {item.mark}; move it away or "
+                              "rename it, nothing was overwritten.")
+        if not target.exists() or not _up_to_date(item, target):
             target.parent.mkdir(parents=True, exist_ok=True)
             _write(item, target)
         installed[item.folder] = target

@@ -30,7 +30,8 @@ from letters import autoencoder, conditioning, font_embedder, judges, pipeline, 
 from letters.fonts import CANDIDATE_FONTS, missing_font_packages, install_command  # noqa: E402
 from letters.glyphs import LETTERS, GlyphSet, caption, render_set  # noqa: E402
 from letters.install import (FONT_JUDGE_FILE, FONTS_EMBEDDER_FILE, HELDOUT_FILE, LETTER_JUDGE_FILE,  # noqa: E402
-                             STYLES_FILE, TRANSFORMER_FILE, VAE_FILE, WEIGHTS, install)
+                             MARK_KEY, STYLES_FILE, TRANSFORMER_FILE, TRANSFORMER_MARK, VAE_FILE, VAE_MARK, WEIGHTS,
+                             install)
 from letters.models import load_projection, save_judge  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -113,7 +114,8 @@ def fit_autoencoder(glyphs: GlyphSet) -> dict:
     latents = projection.encode(glyphs.ink)
     decoder = autoencoder.train_decoder(latents, glyphs.ink, DECODER_STEPS, DECODER_BATCH, SEED, log)
     state = autoencoder.vae_file_state(projection, decoder)
-    save_file({name: tensor.to(torch.float16).contiguous() for name, tensor in state.items()}, str(VAE_FILE))
+    save_file({name: tensor.to(torch.float16).contiguous() for name, tensor in state.items()}, str(VAE_FILE),
+              metadata={MARK_KEY: VAE_MARK})
     heldout = torch.from_numpy(np.load(HELDOUT_FILE)["ink"]).float() / 255
     figures = {"heldout_psnr_db": autoencoder.reconstruction_psnr(decoder, projection, heldout)}
     log(str(figures))
@@ -141,8 +143,10 @@ def encode_captions(styles: list[str]) -> dict:
     return encoded
 
 
-def captioned_latents(glyphs: GlyphSet, record: dict, encoded: dict) -> transformer.CaptionedLatents:
-    """The generator's training data: latents through the committed VAE's encoder, Zipf style weights."""
+def captioned_latents(glyphs: GlyphSet, record: dict, encoded: dict
+                      ) -> tuple[transformer.CaptionedLatents, transformer.InputStandardisation]:
+    """The generator's training data (latents through the committed VAE's encoder, Zipf style weights,
+    standardised conditioning) and the standardisation that export folds into the file."""
     latents = load_projection().encode(glyphs.ink)
     styles = len(record["styles"])
     per_letter = 1 + styles
@@ -150,13 +154,17 @@ def captioned_latents(glyphs: GlyphSet, record: dict, encoded: dict) -> transfor
     pairs = torch.stack([plain, plain + 1 + glyphs.fonts], dim=1)
     style_counts = torch.bincount(glyphs.fonts, minlength=styles).float()
     weights = torch.tensor(record["frequencies"])[glyphs.fonts] / style_counts[glyphs.fonts]
-    return transformer.CaptionedLatents(latents, pairs, weights, encoded["context"], encoded["pooled"], empty=0)
+    standardise = transformer.InputStandardisation.fit(encoded["context"], encoded["pooled"])
+    return transformer.CaptionedLatents(latents, pairs, weights, standardise.context(encoded["context"]),
+                                        standardise.pooled(encoded["pooled"]), empty=0), standardise
 
 
-def fit_transformer(data: transformer.CaptionedLatents) -> dict:
+def fit_transformer(data: transformer.CaptionedLatents, standardise: transformer.InputStandardisation) -> dict:
     log = log_to("transformer")
+
     def save(model) -> None:
-        save_file(transformer.export_state(model), str(TRANSFORMER_FILE))
+        save_file(transformer.export_state(model, standardise), str(TRANSFORMER_FILE),
+                  metadata={MARK_KEY: TRANSFORMER_MARK})
 
     model, losses = transformer.train_mmdit(data, TRANSFORMER_SCHEDULE, SEED, log, checkpoint=save)
     save(model)
@@ -213,8 +221,8 @@ def main() -> int:
     if "conditioning" in arguments.only or "transformer" in arguments.only:
         encoded = timed(seconds, "conditioning", lambda: encode_captions(record["styles"]))
     if "transformer" in arguments.only:
-        data = captioned_latents(glyphs, record, encoded)
-        record["transformer"] = timed(seconds, "transformer", lambda: fit_transformer(data))
+        data, standardise = captioned_latents(glyphs, record, encoded)
+        record["transformer"] = timed(seconds, "transformer", lambda: fit_transformer(data, standardise))
         save_record(record, seconds)
     if "font_embedder" in arguments.only:
         record["font_embedder"] = timed(seconds, "font_embedder", fit_font_embedder)

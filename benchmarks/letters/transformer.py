@@ -4,6 +4,9 @@ ComfyUI detects an SD3 model from the file's shapes: depth = x_embedder width / 
 heads of 64, two joint blocks), context width 4096 and pooled width 2048 for SD3's text encoders. Only
 CLIP-L's 768 columns of either are ever non-zero (see `conditioning.py`), so training uses 768-wide
 input layers and `export_state` pads them with zero columns (the exact same function of the inputs).
+The random CLIP-L's outputs share a large common part (cosine 0.98 between "the letter A" and "the
+letter R"), so training standardises them per feature (`InputStandardisation`) and `export_state` folds
+that affine map into the two input layers: the file takes ComfyUI's raw conditioning.
 
 Training follows SD3 as ComfyUI samples it (`model_sampling` of SD3: discrete flow, shift 3.0, CONST
 noise scaling): x_sigma = (1 - sigma) x_0 + sigma noise, the network gets timestep 1000 sigma and
@@ -64,12 +67,50 @@ def new_mmdit(seed: int) -> MMDiT:
     return model
 
 
-def export_state(model: MMDiT, dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
-    """The state dict UNETLoader reads (SD3 layout, 4096 / 2048-wide text inputs zero-padded), as `dtype`."""
+@dataclass(frozen=True)
+class InputStandardisation:
+    """Per-feature mean and standard deviation [768] of the context (over captions and tokens) and of the
+    pooled vector (over captions): training feeds (x - mean) / std."""
+
+    context_mean: Tensor
+    context_std: Tensor
+    pooled_mean: Tensor
+    pooled_std: Tensor
+
+    @staticmethod
+    def fit(context: Tensor, pooled: Tensor) -> "InputStandardisation":
+        """From every caption's context [C, 77, 768] and pooled [C, 768], each caption weighted equally."""
+        tokens = context.reshape(-1, context.shape[-1])
+        return InputStandardisation(tokens.mean(dim=0), tokens.std(dim=0).clamp_min(1e-6), pooled.mean(dim=0),
+                                    pooled.std(dim=0).clamp_min(1e-6))
+
+    def context(self, context: Tensor) -> Tensor:
+        return (context - self.context_mean) / self.context_std
+
+    def pooled(self, pooled: Tensor) -> Tensor:
+        return (pooled - self.pooled_mean) / self.pooled_std
+
+
+def _fold(weight: Tensor, bias: Tensor, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+    """A linear layer on (x - mean) / std, rewritten as one on x: W / std, b - (W / std) mean."""
+    folded = weight / std
+    return folded, bias - folded @ mean
+
+
+def export_state(model: MMDiT, standardisation: InputStandardisation,
+                 dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
+    """The state dict UNETLoader reads (SD3 layout; the standardisation folded into the text input layers,
+    which are zero-padded to 4096 / 2048 inputs): weights as `dtype`, biases as float32."""
     state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    for layer, mean, std in (("context_embedder", standardisation.context_mean, standardisation.context_std),
+                             ("y_embedder.mlp.0", standardisation.pooled_mean, standardisation.pooled_std)):
+        state[f"{layer}.weight"], state[f"{layer}.bias"] = _fold(state[f"{layer}.weight"], state[f"{layer}.bias"],
+                                                               mean, std)
     for key, width in (("context_embedder.weight", SD3_CONTEXT_WIDTH), ("y_embedder.mlp.0.weight", SD3_POOLED_WIDTH)):
         state[key] = F.pad(state[key], (0, width - state[key].shape[1]))
-    return {name: tensor.to(dtype).contiguous() for name, tensor in state.items()}
+    # Biases stay float32: the folded ones carry large offsets that float16 would round.
+    return {name: tensor.to(torch.float32 if name.endswith("bias") else dtype).contiguous()
+            for name, tensor in state.items()}
 
 
 def training_sigmas(count: int, generator: torch.Generator) -> Tensor:
@@ -91,8 +132,8 @@ def flow_matching_loss(model: MMDiT, clean: Tensor, context: Tensor, pooled: Ten
 @dataclass(frozen=True)
 class CaptionedLatents:
     """Training data: latents [M, 16, 8, 8]; per latent, the caption indices [M, 2] of its plain and its
-    style-naming caption, and a sampling weight [M]; the captions' context [C, 77, 768] and pooled [C, 768];
-    `empty` is the index of the empty caption (the unconditional prompt)."""
+    style-naming caption, and a sampling weight [M]; the captions' standardised context [C, 77, 768] and
+    pooled [C, 768]; `empty` is the index of the empty caption (the unconditional prompt)."""
 
     latents: Tensor
     caption_pairs: Tensor
