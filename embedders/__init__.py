@@ -12,7 +12,7 @@ from .latent_rgb import LatentRGBEmbedder
 from .layout import EdgesEmbedder, RuleOfThirdsEmbedder
 from .random_cnn import RandomCNNEmbedder
 from .registry import EMBEDDER_DESCRIPTIONS, EMBEDDER_NAMES, build_embedder
-from .style_classifier import ARCHITECTURE_VERSION, StyleClassifier
+from .style_classifier import ARCHITECTURE_VERSION, StyleClassifier, StyleProbabilities
 from .style_files import FORMAT_MARKER, StyleEmbedderError, load_style_embedder, save_style_embedder
 from .style_training import EpochReport, TrainingInterrupted, train_style_classifier
 
@@ -33,6 +33,7 @@ __all__ = [
     "RandomCNNEmbedder",
     "RuleOfThirdsEmbedder",
     "StyleClassifier",
+    "StyleProbabilities",
     "StyleEmbedderError",
     "TrainingInterrupted",
     "build_embedder",

@@ -2,7 +2,7 @@
 
 The safetensors string metadata holds:
     format                "particle_repulsion.style_embedder" (tells these files from checkpoints)
-    architecture_version  "1" (see `style_classifier.ARCHITECTURE_VERSION`)
+    architecture_version  "2" (see `style_classifier.ARCHITECTURE_VERSION`; "1" files still load)
     class_names           JSON list of the style names, in label order
     latent_channels       e.g. "4"
     sigma_min, sigma_max  the training noise range, e.g. "0.03", "14.6"
@@ -32,7 +32,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as serialise
 
-from .style_classifier import ARCHITECTURE_VERSION, StyleClassifier, check_class_names, check_sigma_range
+from .style_classifier import (
+    KNOWN_ARCHITECTURE_VERSIONS,
+    StyleClassifier,
+    check_class_names,
+    check_sigma_range,
+)
 
 FORMAT_MARKER = "particle_repulsion.style_embedder"
 _STRUCTURAL_KEYS = ("format", "architecture_version", "class_names", "latent_channels", "sigma_min", "sigma_max")
@@ -63,6 +68,7 @@ class _StyleHeader:
     sigma_min: float
     sigma_max: float
     metadata: dict[str, str]  # the descriptive (non-structural) entries
+    architecture_version: int
 
     @property
     def latent_format(self) -> str:
@@ -152,7 +158,7 @@ def _file_metadata(model: StyleClassifier, metadata: Mapping[str, object]) -> di
     _check_descriptive_texts(descriptive)
     structural = {
         "format": FORMAT_MARKER,
-        "architecture_version": str(ARCHITECTURE_VERSION),
+        "architecture_version": str(model.architecture_version),
         "class_names": json.dumps(list(model.class_names)),
         "latent_channels": str(model.latent_channels),
         "sigma_min": repr(model.sigma_min),
@@ -227,10 +233,11 @@ def _read_header(metadata: Mapping[str, str] | None, name: str) -> _StyleHeader:
             "kind of .safetensors file). Train one with the pack's style-embedder trainer."
         )
     version = metadata.get("architecture_version")
-    if version != str(ARCHITECTURE_VERSION):
+    known = [str(known_version) for known_version in KNOWN_ARCHITECTURE_VERSIONS]
+    if version not in known:
         raise StyleEmbedderError(
-            f"{name} uses style-embedder architecture version {version}, which this version of the pack "
-            f"does not know (it reads version {ARCHITECTURE_VERSION}); update the node pack or retrain."
+            f"{name} uses style-embedder architecture version {str(version)[:20]}, which this version of the "
+            f"pack does not know (it reads versions {', '.join(known)}); update the node pack or retrain."
         )
     try:
         header = _StyleHeader(
@@ -239,6 +246,7 @@ def _read_header(metadata: Mapping[str, str] | None, name: str) -> _StyleHeader:
             sigma_min=float(metadata["sigma_min"]),
             sigma_max=float(metadata["sigma_max"]),
             metadata={key: value for key, value in metadata.items() if key not in _STRUCTURAL_KEYS},
+            architecture_version=int(version),
         )
         _check_header_bounds(header)
     except (KeyError, ValueError, TypeError, RecursionError) as error:  # RecursionError: JSON nested too deep
@@ -299,7 +307,8 @@ def _check_channels(header: _StyleHeader, expected_channels: int | None, name: s
 def _model_for(header: _StyleHeader) -> StyleClassifier:
     """An untrained `StyleClassifier` with the shape the (checked) header describes."""
     return StyleClassifier(header.latent_channels, header.class_names, sigma_min=header.sigma_min,
-                           sigma_max=header.sigma_max, metadata=header.metadata)
+                           sigma_max=header.sigma_max, metadata=header.metadata,
+                           architecture_version=header.architecture_version)
 
 
 def _check_tensor_layout(header: _StyleHeader, file, name: str) -> None:

@@ -6,7 +6,10 @@ share of a unit-variance latent's variance that is still signal, so cleaner leve
 
 Validation uses a held-out, per-class stratified split, evaluated twice every epoch: on noisy
 latents with sigma log-uniform in the lower half of the log range, `[sigma_min, sqrt(sigma_min *
-sigma_max)]` (fixed noise, drawn once, so epochs are comparable), and on the clean latents.
+sigma_max)]` (fixed noise, drawn once, so epochs are comparable), and on the clean latents. The split
+holds out whole groups (e.g. all the points of one sampling trajectory, which look alike), so the
+validation accuracy is not flattered by near-copies of training latents. The epoch with the best
+validation score (the mean of the noisy and clean accuracies) is the one returned.
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def train_style_classifier(
     latents: Tensor, labels: Tensor, class_names: Sequence[str], *, sigma_min: float, sigma_max: float,
     epochs: int, batch_size: int, validation_fraction: float, seed: int,
     on_epoch: Callable[[int, float, float, float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, groups: Tensor | None = None,
 ) -> tuple[StyleClassifier, list[EpochReport]]:
     """Train a `StyleClassifier` on labelled latents and return it (frozen, eval mode) with its history.
 
@@ -65,36 +68,59 @@ def train_style_classifier(
         on_epoch: called after every epoch as `on_epoch(epoch, train_accuracy, validation_accuracy, loss)`
             (epoch counts from 1, accuracies are fractions, train accuracy is on the noisy batches).
         should_stop: polled before every batch; when it returns True, `TrainingInterrupted` is raised.
+        groups: `[M]` integer group of every latent (e.g. its trajectory); a group is never split
+            between training and validation. None: every latent is its own group.
 
     Safe to call from a ComfyUI node: it trains under `torch.inference_mode(False)` and
-    `torch.enable_grad()` on a copy of the inputs. The final figures go into `model.metadata`.
+    `torch.enable_grad()` on a copy of the inputs. The best epoch's figures go into `model.metadata`.
     """
     with torch.inference_mode(False), torch.enable_grad():
         latents = latents.detach().clone().float()
         labels = labels.detach().clone().long()
+        groups = torch.arange(labels.numel()) if groups is None else groups.detach().clone().long().cpu()
         check_class_names(class_names)
         check_sigma_range(sigma_min, sigma_max)
-        _check_training_inputs(latents, labels, class_names, epochs, batch_size, validation_fraction)
+        _check_training_inputs(latents, labels, groups, class_names, epochs, batch_size, validation_fraction)
         model = _initial_model(latents, class_names, sigma_min, sigma_max, seed)
         generator = torch.Generator().manual_seed(seed)
-        training, clean_validation = _stratified_split(latents, labels, validation_fraction, generator)
+        training, clean_validation = _grouped_split(latents, labels, groups, validation_fraction, generator)
         noisy_validation = _noisy_copy(clean_validation, sigma_min, math.sqrt(sigma_min * sigma_max), generator)
         optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-        history = []
+        history, best = [], _BestEpoch()
         for epoch in range(1, epochs + 1):
             epoch_batches = _batches(training, batch_size, sigma_min, sigma_max, generator)
             loss, train_accuracy = _train_epoch(model, optimiser, epoch_batches, epoch, should_stop)
             report = EpochReport(epoch, loss, train_accuracy, _accuracy(model, noisy_validation),
                                  _accuracy(model, clean_validation))
             history.append(report)
+            best.consider(model, report)
             if on_epoch is not None:
                 on_epoch(epoch, report.train_accuracy, report.validation_accuracy, report.loss)
-    _finalise(model, history[-1])
+        model.load_state_dict(best.state)
+    _finalise(model, best.report)
     return model, history
 
 
-def _check_training_inputs(latents: Tensor, labels: Tensor, class_names: Sequence[str], epochs: int,
-                           batch_size: int, validation_fraction: float) -> None:
+class _BestEpoch:
+    """The weights and figures of the epoch with the best validation score seen so far."""
+
+    def __init__(self) -> None:
+        self.report: EpochReport | None = None
+        self.state: dict[str, Tensor] = {}
+
+    def consider(self, model: StyleClassifier, report: EpochReport) -> None:
+        if self.report is None or _validation_score(report) > _validation_score(self.report):
+            self.report = report
+            self.state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def _validation_score(report: EpochReport) -> float:
+    """Mean of the noisy and clean validation accuracies: repulsion reads noisy latents or clean predictions."""
+    return (report.validation_accuracy + report.clean_validation_accuracy) / 2
+
+
+def _check_training_inputs(latents: Tensor, labels: Tensor, groups: Tensor, class_names: Sequence[str],
+                           epochs: int, batch_size: int, validation_fraction: float) -> None:
     if latents.dim() != 4:
         raise ValueError("Training latents must be shaped [count, channels, height, width], "
                          f"got {tuple(latents.shape)}.")
@@ -105,29 +131,32 @@ def _check_training_inputs(latents: Tensor, labels: Tensor, class_names: Sequenc
         raise ValueError("The training latents contain NaN or infinite values.")
     if labels.numel() and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise ValueError(f"Labels must be class indices from 0 to {len(class_names) - 1}.")
-    counts = torch.bincount(labels, minlength=len(class_names))
-    for name, count in zip(class_names, counts.tolist()):
+    if groups.shape != labels.shape:
+        raise ValueError(f"Expected one group per latent ({labels.numel()}), got groups shaped {tuple(groups.shape)}.")
+    for label, name in enumerate(class_names):
+        count = groups[labels.cpu() == label].unique().numel()
         if count < 2:
-            raise ValueError(f"The style {name!r} has {count} example(s); every style needs at least 2 "
-                             "(one to train on, one to validate).")
+            raise ValueError(f"The style {name!r} has {count} independent example(s) (images or trajectories); "
+                             "every style needs at least 2 (one to train on, one to validate).")
     check_whole_number("number of epochs", epochs, minimum=1)
     check_whole_number("batch size", batch_size, minimum=1)
     if not 0 < validation_fraction < 1:
         raise ValueError(f"The validation fraction must be between 0 and 1, got {validation_fraction}.")
 
 
-def _stratified_split(latents: Tensor, labels: Tensor, validation_fraction: float,
-                      generator: torch.Generator) -> tuple[_LabelledLatents, _LabelledLatents]:
-    """Training and validation sets holding out `validation_fraction` of every class (at least one)."""
-    training_indices, validation_indices = [], []
-    for label in labels.unique().tolist():
-        members = torch.nonzero(labels == label).flatten()
-        members = members[torch.randperm(members.numel(), generator=generator)]
-        held_out = min(max(round(validation_fraction * members.numel()), 1), members.numel() - 1)
-        validation_indices.append(members[:held_out])
-        training_indices.append(members[held_out:])
-    training, validation = torch.cat(training_indices), torch.cat(validation_indices)
-    return (_LabelledLatents(latents[training], labels[training]),
+def _grouped_split(latents: Tensor, labels: Tensor, groups: Tensor, validation_fraction: float,
+                   generator: torch.Generator) -> tuple[_LabelledLatents, _LabelledLatents]:
+    """Training and validation sets holding out `validation_fraction` of every class's groups (at least
+    one group, never all): every latent of a group lands on the same side."""
+    held_out_groups = []
+    cpu_labels = labels.cpu()
+    for label in cpu_labels.unique().tolist():
+        class_groups = groups[cpu_labels == label].unique()
+        class_groups = class_groups[torch.randperm(class_groups.numel(), generator=generator)]
+        held_out = min(max(round(validation_fraction * class_groups.numel()), 1), class_groups.numel() - 1)
+        held_out_groups.append(class_groups[:held_out])
+    validation = torch.isin(groups, torch.cat(held_out_groups)).to(labels.device)
+    return (_LabelledLatents(latents[~validation], labels[~validation]),
             _LabelledLatents(latents[validation], labels[validation]))
 
 
@@ -195,11 +224,11 @@ def _accuracy(model: StyleClassifier, dataset: _LabelledLatents) -> float:
     return correct / dataset.labels.numel()
 
 
-def _finalise(model: StyleClassifier, last: EpochReport) -> None:
-    """Freeze the model for use as an embedder and record its final figures in its metadata."""
+def _finalise(model: StyleClassifier, best: EpochReport) -> None:
+    """Freeze the model for use as an embedder and record its (best epoch's) figures in its metadata."""
     model.eval().requires_grad_(False)
     model.metadata.update({
-        "epochs": str(last.epoch),
-        "validation_accuracy": f"{last.validation_accuracy:.4f}",
-        "clean_validation_accuracy": f"{last.clean_validation_accuracy:.4f}",
+        "epochs": str(best.epoch),
+        "validation_accuracy": f"{best.validation_accuracy:.4f}",
+        "clean_validation_accuracy": f"{best.clean_validation_accuracy:.4f}",
     })

@@ -6,7 +6,7 @@ import os
 import folder_paths
 
 from ..embedders import EMBEDDER_DESCRIPTIONS, EMBEDDER_NAMES, GramEmbedder, load_style_embedder
-from .embedder_recipes import BuiltinEmbedderRecipe, GramEmbedderRecipe, StyleEmbedderRecipe
+from .embedder_recipes import STYLE_OUTPUTS, BuiltinEmbedderRecipe, GramEmbedderRecipe, StyleEmbedderRecipe
 from .model_folders import STYLE_EMBEDDERS, style_embedder_names
 
 CATEGORY = "particle_repulsion/embedders"
@@ -40,6 +40,15 @@ class RepulsionEmbedder:
         return (BuiltinEmbedderRecipe(name=embedder, seed=seed, grid_size=grid_size),)
 
 
+def style_output_input() -> tuple:
+    """The `output` widget of the nodes that hand out a style embedder."""
+    return (list(STYLE_OUTPUTS), {
+        "default": STYLE_OUTPUTS[0],
+        "tooltip": "class_probabilities: compare images by which style the classifier sees in them; use the "
+                   "repulsion's collision objective (pushes each image out of the styles the others hold). "
+                   "features: the classifier's 64 features (the thesis's choice), for kernel_sum or log_vendi."})
+
+
 class LoadStyleEmbedder:
     """A trained style classifier from `models/style_embedders/` as the EMBEDDER.
 
@@ -64,10 +73,11 @@ class LoadStyleEmbedder:
             "style_embedder": (style_embedder_names(), {
                 "tooltip": "A .safetensors file in models/style_embedders (names of letters, digits, '-', '_', "
                            "'.' and spaces)."}),
+            "output": style_output_input(),
         }}
 
     @classmethod
-    def IS_CHANGED(cls, style_embedder):
+    def IS_CHANGED(cls, style_embedder, **other_inputs):
         """Reload when the file is replaced (e.g. retrained under the same name)."""
         path = folder_paths.get_full_path(STYLE_EMBEDDERS, style_embedder)
         if path is None:
@@ -75,9 +85,9 @@ class LoadStyleEmbedder:
         status = os.stat(path)
         return f"{status.st_mtime_ns}:{status.st_size}"
 
-    def load(self, style_embedder):
+    def load(self, style_embedder, output=STYLE_OUTPUTS[0]):
         path = folder_paths.get_full_path_or_raise(STYLE_EMBEDDERS, style_embedder)
-        recipe = StyleEmbedderRecipe(load_style_embedder(path), label=style_embedder)
+        recipe = StyleEmbedderRecipe(load_style_embedder(path), label=style_embedder, output=output)
         return (recipe, recipe.summary())
 
 

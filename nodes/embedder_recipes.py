@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from ..embedders import GramEmbedder, StyleClassifier, StyleEmbedderError, build_embedder
+from ..embedders import GramEmbedder, StyleClassifier, StyleEmbedderError, StyleProbabilities, build_embedder
 
 LOG = logging.getLogger("particle_repulsion")
 
@@ -42,23 +42,35 @@ class BuiltinEmbedderRecipe:
                               latent_rgb_bias=getattr(latent_format, "latent_rgb_factors_bias", None))
 
 
+# What a style embedder hands the repulsion: its class probabilities (the default) or its 64 features.
+STYLE_OUTPUTS = ("class_probabilities", "features")
+
+
 @dataclass(frozen=True, eq=False)
 class StyleEmbedderRecipe:
     """A trained style classifier (loaded from a file, or fresh from the trainer) used as the embedder.
 
-    `label` names it in messages (its file name). Its latent channels are checked against the model's
-    when sampling starts; a different latent format with the same channel count (e.g. SDXL latents
-    for an SD1.5-trained classifier) is allowed with a warning, since the values mean something else.
+    `label` names it in messages (its file name). `output` is one of `STYLE_OUTPUTS`: class
+    probabilities (for the collision objective: do two images share a style?) or the classifier's 64
+    features (the thesis's choice). Its latent channels are checked against the model's when sampling
+    starts; a different latent format with the same channel count (e.g. SDXL latents for an
+    SD1.5-trained classifier) is allowed with a warning, since the values mean something else.
     """
 
     classifier: StyleClassifier
     label: str
+    output: str = STYLE_OUTPUTS[0]
+
+    def __post_init__(self) -> None:
+        if self.output not in STYLE_OUTPUTS:
+            raise ValueError(f"A style embedder's output is one of {', '.join(STYLE_OUTPUTS)}, got {self.output!r}.")
 
     def build(self, latent_channels: int, latent_format) -> torch.nn.Module:
         self._check_channels(latent_channels)
         self._warn_if_other_latent_format(latent_format)
         with torch.inference_mode(False):
-            return copy.deepcopy(self.classifier)  # the caller moves it to its device; ours stays put
+            classifier = copy.deepcopy(self.classifier)  # the caller moves it to its device; ours stays put
+            return StyleProbabilities(classifier) if self.output == "class_probabilities" else classifier
 
     def _check_channels(self, latent_channels: int) -> None:
         trained_channels = self.classifier.latent_channels

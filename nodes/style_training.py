@@ -35,8 +35,10 @@ from torch import Tensor
 from ..embedders import EpochReport, StyleClassifier, TrainingInterrupted, save_style_embedder, train_style_classifier
 from ..embedders.style_classifier import check_class_names
 from ..embedders.style_files import check_storable_class_names, existing_file_error
-from .embedder_recipes import StyleEmbedderRecipe, latent_format_name, percent
+from .embedder_nodes import style_output_input
+from .embedder_recipes import STYLE_OUTPUTS, StyleEmbedderRecipe, latent_format_name, percent
 from .model_folders import STYLE_EMBEDDERS
+from .repulsion import noise_level
 from .validation import name_problem, require_finite_number, require_plain_text, require_safe_name, shown_text
 
 LOG = logging.getLogger("particle_repulsion")
@@ -54,6 +56,8 @@ MAX_TRAINING_LATENT_BYTES = 512 * 2**20
 FLOAT32_BYTES = 4
 EMPTY_LATENT_CHANNELS = 4  # what EmptyLatentImage makes; fix_empty_latent_channels adapts it to the model
 MAX_SEED_COUNT = 2**64  # seeds wrap around within ComfyUI's seed range
+# Noise-to-signal ratio above which a unit-variance latent is all noise (SD1.5's own schedule tops at 14.6).
+MAX_TRAINING_NOISE = 20.0
 
 Progress = Callable[[int], None]  # advance(count): count more units of work are done
 EpochCallback = Callable[[int, float, float, float], None]  # (epoch, train acc., validation acc., loss)
@@ -67,12 +71,15 @@ class StyleLatents:
         scaling is applied by the trainer).
     labels: `[M]` int64 indices into `class_names`.
     source: where they came from, for the report and the file's metadata.
+    groups: `[M]` int64 independent example of every latent (e.g. its sampling trajectory), kept on one
+        side of the validation split; None when every latent is its own example.
     """
 
     latents: Tensor
     labels: Tensor
     class_names: tuple[str, ...]
     source: str
+    groups: Tensor | None = None
 
 
 # --- source (a): a folder of labelled images ---------------------------------------------------------
@@ -390,7 +397,15 @@ def generate_style_latents(model, clip, styles: Sequence[str], subjects: Sequenc
         labels += [label] * trajectory.shape[0]
     source = (f"prompts '{{subject}} by {{style}}': {len(subjects)} subjects x {settings.images_per_prompt} images, "
               f"{len(steps_to_keep)} trajectory points, {settings.steps} steps of {settings.sampler_name}")
-    return StyleLatents(torch.cat(latents), torch.tensor(labels, dtype=torch.int64), tuple(styles), source)
+    return StyleLatents(torch.cat(latents), torch.tensor(labels, dtype=torch.int64), tuple(styles), source,
+                        trajectory_groups(len(prompts), len(steps_to_keep), settings.images_per_prompt))
+
+
+def trajectory_groups(prompt_count: int, points: int, images_per_prompt: int) -> Tensor:
+    """`[prompt_count * points * images_per_prompt]` trajectory index of every kept latent, in the order
+    `denoised_trajectory` returns them (per prompt: point by point, each a batch of images)."""
+    image = torch.arange(images_per_prompt).repeat(points)
+    return torch.cat([prompt * images_per_prompt + image for prompt in range(prompt_count)])
 
 
 class StyleLatentsFromPrompts:
@@ -489,24 +504,24 @@ def train_for_model(model, data: StyleLatents, options: TrainingOptions,
     """Train a style classifier for `model`'s latents, noise levels and latent format.
 
     The latents are scaled into the sampler's space (`latent_format.process_in`) and the noise range is
-    the model's own `[sigma_min, sigma_max]`. Training stops between batches when ComfyUI's Cancel is
-    pressed, and ComfyUI's own interrupt exception is raised (nothing is saved).
+    the model's own (`training_noise_range`). Latents from one trajectory stay on one side of the
+    validation split. Training stops between batches when ComfyUI's Cancel is pressed, and ComfyUI's
+    own interrupt exception is raised (nothing is saved).
     """
     require_finite_number("validation_fraction", options.validation_fraction)
     latent_format = model.get_model_object("latent_format")
     check_latent_channels(data, latent_format)
     check_batch_size(data, options.batch_size)
-    model_sampling = model.get_model_object("model_sampling")
+    sigma_min, sigma_max = training_noise_range(model.get_model_object("model_sampling"))
     device = comfy.model_management.get_torch_device()
     latents = latent_format.process_in(data.latents.to(device))
     with one_cpu_thread(latents.device):
         try:
             classifier, history = train_style_classifier(
-                latents, data.labels.to(device), data.class_names,
-                sigma_min=float(model_sampling.sigma_min), sigma_max=float(model_sampling.sigma_max),
+                latents, data.labels.to(device), data.class_names, sigma_min=sigma_min, sigma_max=sigma_max,
                 epochs=options.epochs, batch_size=options.batch_size,
                 validation_fraction=options.validation_fraction, seed=options.seed,
-                on_epoch=on_epoch, should_stop=comfy.model_management.processing_interrupted)
+                on_epoch=on_epoch, should_stop=comfy.model_management.processing_interrupted, groups=data.groups)
         except TrainingInterrupted:
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise
@@ -517,6 +532,19 @@ def train_for_model(model, data: StyleLatents, options: TrainingOptions,
         "latent_size": "x".join(str(size) for size in data.latents.shape[2:]),
     })
     return classifier, history
+
+
+def training_noise_range(model_sampling) -> tuple[float, float]:
+    """The noise-to-signal range `[s_min, s_max]` a style classifier trains on for this model sampling.
+
+    The model's own sigma range, as variance-exploding noise levels (what `x0 + s n` needs: the same for
+    EPS and v models, `t / (1 - t)` for flow models), capped at `MAX_TRAINING_NOISE`: beyond it a
+    unit-variance latent is all noise (a zero-terminal-SNR model reaches s = 4500), and training there
+    teaches nothing.
+    """
+    lowest = noise_level(model_sampling, float(model_sampling.sigma_min)).noise_to_signal
+    highest = noise_level(model_sampling, float(model_sampling.sigma_max)).noise_to_signal
+    return lowest, min(highest, MAX_TRAINING_NOISE)
 
 
 def style_embedder_file_name(file_name: str) -> str:
@@ -590,9 +618,10 @@ class TrainStyleEmbedder:
                              "tooltip": "Fixes the split, the initial weights, the batches and the noise."}),
             "overwrite": ("BOOLEAN", {"default": False,
                                       "tooltip": "Replace an existing file of that name (off: stop with an error)."}),
+            "output": style_output_input(),
         }}
 
-    def train(self, model, style_latents, file_name, overwrite, **options):
+    def train(self, model, style_latents, file_name, overwrite, output=STYLE_OUTPUTS[0], **options):
         options = TrainingOptions(**options)
         path = style_embedder_path(file_name, overwrite)
         progress = comfy.utils.ProgressBar(options.epochs)
@@ -605,6 +634,6 @@ class TrainStyleEmbedder:
 
         classifier, _ = train_for_model(model, style_latents, options, report_epoch)
         save_style_embedder(path, classifier, {}, overwrite=overwrite)
-        recipe = StyleEmbedderRecipe(classifier, label=path.name)
+        recipe = StyleEmbedderRecipe(classifier, label=path.name, output=output)
         report = "\n".join([recipe.summary(), *lines, f"Saved as {path.name} in models/{STYLE_EMBEDDERS}."])
         return {"ui": {"text": [report]}, "result": (recipe, report)}

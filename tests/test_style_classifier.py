@@ -140,7 +140,7 @@ def test_file_metadata_is_readable_without_the_pack(saved_file):
     with safe_open(str(path), framework="pt") as file:
         metadata = file.metadata()
     assert metadata["format"] == FORMAT_MARKER
-    assert metadata["architecture_version"] == "1"
+    assert metadata["architecture_version"] == "2"
     assert json.loads(metadata["class_names"]) == list(STYLES)
     assert metadata["latent_channels"] == "4"
 
@@ -188,6 +188,38 @@ def test_loader_rejects_a_checkpoint(tmp_path):
               metadata={"modelspec.architecture": "stable-diffusion-v1"})
     with pytest.raises(StyleEmbedderError, match="not a Particle Repulsion style embedder"):
         load_style_embedder(checkpoint)
+
+
+def test_version_two_keeps_a_4x4_map_where_version_one_pooled_it_away():
+    latents = random_latents(4, 4, 4)
+    version_two = make_classifier()
+    torch.manual_seed(0)
+    version_one = StyleClassifier(4, STYLES, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, architecture_version=1).eval()
+    assert version_two.feature_map(latents).shape[-2:] == (4, 4)
+    assert version_one.feature_map(latents).shape[-2:] == (1, 1)
+    large = random_latents(4, 64, 64)
+    torch.testing.assert_close(version_one(large), version_two(large))  # the same network from 64x64 up
+
+
+def test_a_version_one_file_loads_with_its_own_layout(tmp_path):
+    torch.manual_seed(1)
+    old = StyleClassifier(4, STYLES, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, architecture_version=1).eval()
+    path = tmp_path / "old.safetensors"
+    save_style_embedder(path, old, {"latent_format": "SD15"})
+    loaded = load_style_embedder(path)
+    latents = random_latents(4, 8, 8)
+    assert loaded.architecture_version == 1
+    torch.testing.assert_close(loaded(latents), old(latents))
+
+
+def test_class_probabilities_are_the_softmax_of_the_logits():
+    from particle_repulsion.embedders import StyleProbabilities
+
+    classifier = make_classifier()
+    latents = random_latents(4, 8, 8)
+    probabilities = StyleProbabilities(classifier)(latents, torch.full((3,), 0.5))
+    torch.testing.assert_close(probabilities, torch.softmax(classifier.classify(latents, torch.full((3,), 0.5)), 1))
+    assert StyleProbabilities(classifier).feature_size(4, 8, 8) == len(STYLES)
 
 
 def test_loader_rejects_an_unknown_architecture_version(saved_file, tmp_path):

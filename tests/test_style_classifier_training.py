@@ -6,6 +6,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from particle_repulsion.embedders import TrainingInterrupted, train_style_classifier
+from particle_repulsion.embedders.style_training import _grouped_split
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
 # Small noise range: the digits are standardised to unit variance, so sigma = 1 is already very noisy.
@@ -53,8 +54,41 @@ def test_digits_reach_ninety_percent_validation_accuracy_quickly():
     assert final.validation_accuracy >= 0.9
     assert final.clean_validation_accuracy >= 0.9
     assert final.loss < history[0].loss
-    assert float(model.metadata["validation_accuracy"]) == pytest.approx(final.validation_accuracy, abs=1e-4)
     assert not model.training and not any(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_the_epoch_with_the_best_validation_score_is_kept():
+    latents, labels = small_digit_set(per_class=30)
+    model, history = train_style_classifier(latents, labels, DIGIT_NAMES, epochs=12, seed=1, **TRAINING_OPTIONS)
+    scores = [(report.validation_accuracy + report.clean_validation_accuracy) / 2 for report in history]
+    best = history[scores.index(max(scores))]
+    assert model.metadata["epochs"] == str(best.epoch)
+    assert float(model.metadata["validation_accuracy"]) == pytest.approx(best.validation_accuracy, abs=1e-4)
+    assert float(model.metadata["clean_validation_accuracy"]) == pytest.approx(best.clean_validation_accuracy,
+                                                                               abs=1e-4)
+    assert len(set(scores)) > 1, "the epochs should differ for this test to mean something"
+
+
+def test_groups_are_never_split_between_training_and_validation():
+    # Each digit image appears three times (like three points of one trajectory), each copy tagged with
+    # its group in channel 0: no group may have copies on both sides.
+    latents, labels = small_digit_set(per_class=8)
+    groups = torch.arange(labels.numel()).repeat(3)
+    copies = latents.repeat(3, 1, 1, 1)
+    copies[:, 0, 0, 0] = groups.float()
+    training, validation = _grouped_split(copies, labels.repeat(3), groups, 0.25, torch.Generator().manual_seed(0))
+    training_groups = set(training.latents[:, 0, 0, 0].long().tolist())
+    validation_groups = set(validation.latents[:, 0, 0, 0].long().tolist())
+    assert not training_groups & validation_groups
+    assert len(validation_groups) == 10 * 2 and validation.labels.numel() == 3 * len(validation_groups)
+    assert validation.labels.unique().numel() == 10
+
+
+def test_a_style_with_a_single_group_is_refused():
+    latents, labels = small_digit_set(per_class=4)
+    groups = labels.clone()  # every style is one trajectory
+    with pytest.raises(ValueError, match="1 independent example"):
+        train_style_classifier(latents, labels, DIGIT_NAMES, epochs=1, seed=0, groups=groups, **TRAINING_OPTIONS)
 
 
 def test_should_stop_aborts_between_batches():
@@ -108,7 +142,7 @@ def test_training_leaves_the_global_random_state_alone():
     (lambda latents, labels: (latents, labels[:-1]), "one label per latent"),
     (lambda latents, labels: (latents[:, 0], labels), r"\[count, channels, height, width\]"),
     (lambda latents, labels: (latents.index_fill(0, torch.tensor([0]), float("nan")), labels), "NaN"),
-    (lambda latents, labels: (latents[labels != 9], labels[labels != 9]), "'9' has 0 example"),
+    (lambda latents, labels: (latents[labels != 9], labels[labels != 9]), "'9' has 0 independent example"),
 ])
 def test_unusable_training_data_is_refused(change, message):
     latents, labels = change(*small_digit_set())

@@ -148,7 +148,7 @@ def test_style_recipe_builds_a_copy_and_warns_on_another_latent_format(recipes, 
     import comfy.latent_formats
 
     trained = classifier()
-    recipe = recipes.StyleEmbedderRecipe(trained, "sd15_styles.safetensors")
+    recipe = recipes.StyleEmbedderRecipe(trained, "sd15_styles.safetensors", output="features")
     with caplog.at_level(logging.WARNING, logger="particle_repulsion"):
         same_format = recipe.build(4, comfy.latent_formats.SD15())
         assert caplog.records == []
@@ -157,6 +157,17 @@ def test_style_recipe_builds_a_copy_and_warns_on_another_latent_format(recipes, 
     assert same_format is not trained
     latents = torch.randn(2, 4, 8, 8)
     torch.testing.assert_close(same_format(latents), trained(latents))
+
+
+def test_style_recipe_offers_class_probabilities_by_default(recipes):
+    trained = classifier()
+    embedder = recipes.StyleEmbedderRecipe(trained, "sd15_styles.safetensors").build(4, None)
+    latents = torch.randn(3, 4, 8, 8)
+    probabilities = embedder(latents)
+    torch.testing.assert_close(probabilities, torch.softmax(trained.classify(latents), dim=1))
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="class_probabilities, features"):
+        recipes.StyleEmbedderRecipe(trained, "x", output="logits")
 
 
 def test_gram_recipe_wraps_any_recipe(recipes):
