@@ -11,9 +11,9 @@ most 15%. Everything runs in float32 on the CPU under `torch.inference_mode()`, 
 - The repulsion: `kernels.repulsion(latents, embedder, objective)`, the embedder's forward and backward
   (one vector-Jacobian product) for the whole batch plus the objective, on 8 latents of 4 x 64 x 64:
   kernel_sum and log_vendi (RBF, median bandwidth) with every built-in embedder, collision with a style
-  classifier's class probabilities (random weights), log_vendi with the CLIP vision embedder (a ViT-L/14
-  with ComfyUI's `clip_vision_config_vitl.json` and random weights, behind a random TAESD decoder or the
-  SD1.5 latent-to-RGB factors, at CLIP's own 224 px and at the node's smaller sizes).
+  classifier's class probabilities (`StyleProbabilities`, random weights), log_vendi with the CLIP vision
+  embedder (a ViT-L/14 with ComfyUI's `clip_vision_config_vitl.json` and random weights, behind a random
+  TAESD decoder or the SD1.5 latent-to-RGB factors, at CLIP's own 224 px and at the node's smaller sizes).
 - Time, interleaved: rounds U c1 c2 ... U c1 c2 ... U. In each round, a case's ratio is its time over the
   mean of the two UNet evaluations around it, so a machine that slows down or speeds up between rounds
   moves both; the reported ratio is the median over rounds. Cheap cases repeat until 0.5 s has passed.
@@ -63,7 +63,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E4
 from comfy.taesd.taesd import Decoder as TAESDDecoder  # noqa: E402
 from tiny_clip_vision import vit_l_config  # noqa: E402
 
-from particle_repulsion.embedders import EMBEDDER_NAMES, StyleClassifier, build_embedder  # noqa: E402
+from particle_repulsion.embedders import (  # noqa: E402
+    EMBEDDER_NAMES, StyleClassifier, StyleProbabilities, build_embedder)
 from particle_repulsion.embedders.clip_vision import (  # noqa: E402
     ClipVisionEmbedder, FrozenVisionTower, ImageDecoder, latent_rgb_decoder)
 from particle_repulsion.kernels import make_objective, repulsion  # noqa: E402
@@ -141,9 +142,8 @@ def builtin_cases() -> list[Case]:
     torch.manual_seed(2)
     classifier = StyleClassifier(LATENT_CHANNELS, [f"style {index}" for index in range(STYLE_CLASSES)],
                                  sigma_min=0.03, sigma_max=14.6).requires_grad_(False)
-    probabilities = lambda latents: torch.softmax(classifier.classify(latents), dim=1)  # noqa: E731
     return cases + [Case("style classifier probabilities", "collision", BUILTIN_BUDGET,
-                         repulsion_step(probabilities, "collision"))]
+                         repulsion_step(StyleProbabilities(classifier), "collision"))]
 
 
 def clip_cases() -> list[Case]:
