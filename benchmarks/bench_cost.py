@@ -209,7 +209,8 @@ def interleaved_seconds(unet: Step, cases: list[Case], rounds: int) -> tuple[lis
 
 def round_ratios(case_seconds: list[float], unet_seconds: list[float]) -> list[float]:
     """A case's time in each round over the mean of the UNet evaluations before and after that round."""
-    return [seconds / ((unet_seconds[index] + unet_seconds[index + 1]) / 2) for index, seconds in enumerate(case_seconds)]
+    return [seconds / ((unet_seconds[index] + unet_seconds[index + 1]) / 2)
+            for index, seconds in enumerate(case_seconds)]
 
 
 def case_key(case: Case) -> str:

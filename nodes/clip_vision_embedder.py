@@ -66,7 +66,8 @@ def find_taesd_decoder(latent_format) -> TAESDLookup:
     kind = getattr(latent_format, "taesd_decoder_name", None)
     if kind not in IMAGE_TAESD_DECODERS:
         return TAESDLookup(None)
-    candidates = [name for name in folder_paths.get_filename_list(VAE_APPROX) if os.path.basename(name).startswith(kind)]
+    candidates = [name for name in folder_paths.get_filename_list(VAE_APPROX)
+                  if os.path.basename(name).startswith(kind)]
     safe = sorted((name for name in candidates if name.endswith(SAFETENSORS)),
                   key=lambda name: (os.path.basename(name) != kind + SAFETENSORS, name))
     pickles = tuple(name for name in candidates if not name.endswith(SAFETENSORS))

@@ -143,7 +143,8 @@ def test_image_size_rounds_to_patches_and_resamples_positions(glue, clip_vision)
     embedder = build(node_recipe(glue, clip_vision, "latent_rgb", image_size=30))
     assert embedder.image_size == 28
     embeddings = embedder.tower.vision_model.embeddings
-    assert embeddings.positions(2).shape == (1 + 2 * 2, 64) and embeddings.positions(4) is embeddings.position_embedding.weight
+    assert embeddings.positions(2).shape == (1 + 2 * 2, 64)
+    assert embeddings.positions(4) is embeddings.position_embedding.weight  # the trained 4 x 4 grid
     assert embedder(latents()).shape == (3, 32)
     assert build(node_recipe(glue, clip_vision, "latent_rgb", image_size=0)).image_size == 56  # the model's own
 
