@@ -1,10 +1,11 @@
 """Benchmark: mode coverage at equal quality on a Gaussian mixture whose exact denoiser is known.
 
 Data: K = 8 equally likely Gaussians N(mu_k, s^2 I) in a latent-shaped space [4, 8, 8], s = 0.5, with
-smooth random means (bilinear from 4x4) scaled so every element has unit variance (the data variance
-ComfyUI's SD1.5 noise scaling assumes). Its optimal denoiser E[x0 | x, sigma] is closed-form; it becomes a
-ComfyUI MODEL (`common.denoiser_model`) and every batch is sampled through `comfy.sample.sample_custom`
-with a built-in sampler, wrapped in the pack's Repulsive Sampler for the repulsive methods.
+smooth random means (`mixtures.equal_mixture`). Its optimal denoiser E[x0 | x, sigma] is closed-form; it
+becomes a ComfyUI MODEL (`common.denoiser_model`, SD1.5's EPS sampling, Karras schedule) and every batch is
+sampled through `comfy.sample.sample_custom` with a built-in sampler, wrapped in the pack's Repulsive
+Sampler for the repulsive methods. The style embedder is trained by Train Style Embedder's own function on
+labelled clean samples (as a folder of images of each style would give it).
 
 Per batch: modes covered (distinct most-likely components of the final samples), mean log-likelihood per
 sample under the mixture (nats; quality), and the Vendi score (cosine kernel on the flattened latents).
@@ -17,19 +18,19 @@ Writes benchmarks/results/gmm.json, gmm.md and gmm_pareto.png.
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from common import (IID, Bench, ClassProbabilities, CollisionKernel, Method, ModuleRecipe, Panel,
-                    ParticleGuidanceKernel, add_change_vs_iid, best_within, denoiser_model, markdown_table,
-                    method_family, over_samplers, parse_arguments, schedule, series_by_family, write_results)
+from common import (IID, Bench, ClassProbabilities, Method, ModuleRecipe, Panel, ParticleGuidanceKernel,
+                    add_change_vs_iid, best_within, denoiser_model, markdown_table, method_family, node_repulsion,
+                    over_samplers, parse_arguments, schedule, series_by_family, trained_style_embedder,
+                    write_results)
+from mixtures import GaussianMixture, equal_mixture
+from particle_repulsion.kernels import KernelSum, make_objective
 from particle_repulsion.kernels.guidance import RepulsionSettings
 from particle_repulsion.metrics import vendi_score
-from particle_repulsion.nodes.embedder_recipes import BuiltinEmbedderRecipe
 
 COMPONENTS = 8
 LATENT_SHAPE = (4, 8, 8)
@@ -39,74 +40,46 @@ BATCH_SIZES = (4, 8, 16)
 SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m")
 FIGURES = ("modes", "log_likelihood", "vendi")
 TARGET_BATCH = 8
-TARGET_MODES = 7.5
+TARGET_MODES = 7.5  # with a trained style embedder; the node defaults' target (6.5) is in bench_defaults.py
+STYLE_TRAINING_SAMPLES = 64  # clean samples of each mode for Train Style Embedder
 TARGET_LIKELIHOOD_LOSS = 0.05  # at most 5% lower (more negative) mean log-likelihood than i.i.d.
 
 
-class GaussianMixture(nn.Module):
-    """Equally weighted isotropic Gaussians N(mu_k, std^2 I) over latents [C, H, W]; maths in float64."""
-
-    def __init__(self, components: int, shape: tuple[int, int, int], std: float, seed: int) -> None:
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        coarse = torch.randn(components, shape[0], 4, 4, generator=generator, dtype=torch.float64)
-        means = F.interpolate(coarse, size=shape[1:], mode="bilinear", align_corners=False)
-        element_rms = means.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
-        self.register_buffer("means", means / element_rms * math.sqrt(1 - std**2))
-        self.std = std
-
-    def log_components(self, latents: Tensor, extra_variance: Tensor) -> Tensor:
-        """log(w_k N(x; mu_k, (std^2 + extra) I)) [N, K] for latents [N, C, H, W], extra variance [N]."""
-        variance = (self.std**2 + extra_variance.double()).reshape(-1, 1)
-        dimensions = latents[0].numel()
-        squared = torch.cdist(latents.flatten(1).double(), self.means.flatten(1)).square()
-        return (-0.5 * squared / variance - 0.5 * dimensions * torch.log(2 * math.pi * variance)
-                - math.log(self.means.shape[0]))
-
-    def denoise(self, noisy: Tensor, sigma: Tensor) -> Tensor:
-        """The exact E[x0 | x = x0 + sigma n] [N, C, H, W] for noise levels sigma [N]."""
-        variance = self.std**2 + sigma.double() ** 2
-        responsibilities = torch.softmax(self.log_components(noisy, sigma.double() ** 2), dim=1)
-        posterior_mean = torch.einsum("nk,kd->nd", responsibilities, self.means.flatten(1)).view(noisy.shape)
-        shrink = (self.std**2 / variance).view(-1, 1, 1, 1)
-        return (posterior_mean + shrink * (noisy.double() - posterior_mean)).to(noisy.dtype)
-
-    def logits(self, latents: Tensor, sigma: Tensor | None) -> Tensor:
-        """The exact classifier: log posterior of the component [N, K] (float32) given noisy latents."""
-        extra = torch.zeros(latents.shape[0]) if sigma is None else sigma.detach().double() ** 2
-        return torch.log_softmax(self.log_components(latents, extra), dim=1).float()
-
-    def log_likelihood(self, samples: Tensor) -> Tensor:
-        """log p(x) [N] of clean samples, in nats."""
-        return torch.logsumexp(self.log_components(samples, torch.zeros(samples.shape[0])), dim=1)
-
-    def modes(self, samples: Tensor) -> Tensor:
-        """The most likely component [N] of each sample."""
-        return self.log_components(samples, torch.zeros(samples.shape[0])).argmax(dim=1)
-
-
-def methods(mixture: GaussianMixture) -> list[Method]:
-    """i.i.d. and every repulsion family, each at three strengths. The pack's repulsion acts over the first 40%
-    of the steps (this mixture's modes are settled at the highest noise levels); Particle Guidance acts over
-    all of them, as in its paper."""
+def methods(mixture: GaussianMixture, model) -> list[Method]:
+    """i.i.d., the nodes as they ship, the shipped objectives at other strengths, a style embedder trained by
+    Train Style Embedder's own function with the collision objective, the exact posterior (an ideal
+    classifier, benchmark-side) and Particle Guidance (a baseline, over every step as in its paper)."""
     posterior = ModuleRecipe("exact posterior", ClassProbabilities(mixture.logits))
-    pooled = BuiltinEmbedderRecipe("pooled_grid", grid_size=4)
-    early = dict(start=0.0, end=0.4)
+    style = trained_style_embedder(model, *labelled_samples(mixture), mixture_names(mixture))
+    collision = make_objective("collision")
     return [
         IID,
-        *method_family("latent RBF on x (pack default space)", (0.01, 0.02, 0.05),
-                       lambda s: RepulsionSettings(s, **early)),
-        *method_family("latent RBF on D", (0.01, 0.02, 0.05),
-                       lambda s: RepulsionSettings(s, space="denoised", **early)),
-        *method_family("pooled 4x4 RBF on D", (0.02, 0.05, 0.1),
-                       lambda s: RepulsionSettings(s, space="denoised", **early), recipe=pooled),
-        *method_family("posterior RBF on x", (0.02, 0.05, 0.1), lambda s: RepulsionSettings(s, **early),
-                       recipe=posterior),
-        *method_family("posterior collision on x", (0.05, 0.1, 0.2), lambda s: RepulsionSettings(s, **early),
-                       recipe=posterior, kernel=CollisionKernel()),
+        Method("node defaults", "-", node_repulsion),
+        *method_family("log_vendi on D (latent)", (0.5, 1.0, 2.0),
+                       lambda s: RepulsionSettings(s, space="denoised"), objective=make_objective("log_vendi")),
+        *method_family("kernel_sum on D (latent)", (0.5, 1.0, 2.0),
+                       lambda s: RepulsionSettings(s, space="denoised"), objective=make_objective("kernel_sum")),
+        *method_family("Train Style Embedder, collision on D", (0.5, 1.0, 2.0),
+                       lambda s: RepulsionSettings(s, space="denoised"), recipe=style, objective=collision),
+        # The exact posterior is a noise-aware classifier: it reads the noisy latent with its noise level.
+        *method_family("exact posterior, collision on x", (0.5, 1.0, 2.0),
+                       lambda s: RepulsionSettings(s, space="noisy"), recipe=posterior, objective=collision),
         *method_family("Particle Guidance on x", (10, 30, 100),
-                       lambda a: RepulsionSettings(a, strength_mode="absolute"), kernel=ParticleGuidanceKernel()),
+                       lambda a: RepulsionSettings(a, strength_mode="absolute"),
+                       objective=KernelSum(ParticleGuidanceKernel())),
     ]
+
+
+def labelled_samples(mixture: GaussianMixture, per_component: int = STYLE_TRAINING_SAMPLES) -> tuple:
+    """Clean samples [K * per_component, C, H, W] of every component and their component labels."""
+    generator = torch.Generator().manual_seed(MIXTURE_SEED + 1)
+    labels = torch.arange(mixture.components).repeat_interleave(per_component)
+    noise = torch.randn(labels.numel(), *mixture.means.shape[1:], generator=generator, dtype=torch.float64)
+    return (mixture.means[labels] + mixture.std * noise).float(), labels
+
+
+def mixture_names(mixture: GaussianMixture) -> tuple[str, ...]:
+    return tuple(f"mode {index}" for index in range(mixture.components))
 
 
 def batch_figures(mixture: GaussianMixture, samples: Tensor) -> dict:
@@ -134,11 +107,12 @@ def pareto_panels(averaged: list[dict]) -> list[Panel]:
 def main() -> None:
     arguments = parse_arguments(__doc__.split("\n", 1)[0], default_seeds=16)
     started = time.perf_counter()
-    mixture = GaussianMixture(COMPONENTS, LATENT_SHAPE, COMPONENT_STD, MIXTURE_SEED)
+    mixture = equal_mixture(COMPONENTS, LATENT_SHAPE, COMPONENT_STD, MIXTURE_SEED)
     model = denoiser_model(mixture.denoise)
     bench = Bench(model, schedule(model), LATENT_SHAPE, lambda samples: batch_figures(mixture, samples), FIGURES)
+    all_methods = methods(mixture, model)
     rows = [bench.measure(method, sampler_name, batch_size, arguments.seeds)
-            for batch_size in BATCH_SIZES for sampler_name in SAMPLERS for method in methods(mixture)]
+            for batch_size in BATCH_SIZES for sampler_name in SAMPLERS for method in all_methods]
     add_change_vs_iid(rows, "log_likelihood")
     averaged = over_samplers(rows, FIGURES + ("log_likelihood_change_pct", "ms_per_batch"))
     best = best_within(averaged, TARGET_BATCH, "modes", "log_likelihood_change_pct", -100 * TARGET_LIKELIHOOD_LOSS)

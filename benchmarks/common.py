@@ -40,8 +40,12 @@ from exact_models import Denoiser, denoiser_model, sample_latents  # noqa: E402
 from particle_repulsion.kernels import Objective, make_objective, squared_distances  # noqa: E402
 from particle_repulsion.kernels.guidance import RepulsionSettings  # noqa: E402
 from particle_repulsion.nodes.repulsion import Repulsion, repulsive_sampler  # noqa: E402
+from particle_repulsion.nodes.embedder_recipes import StyleEmbedderRecipe  # noqa: E402
 from particle_repulsion.nodes.sampler_nodes import RepulsiveSampler, build_repulsion  # noqa: E402
+from particle_repulsion.nodes.style_training import StyleLatents, TrainingOptions, train_for_model  # noqa: E402
 
+STYLE_EPOCHS = 40
+STYLE_BATCH = 64
 SCHEDULER = "karras"
 STEPS = 20
 
@@ -103,6 +107,20 @@ def repulsion_with(settings: RepulsionSettings, recipe=None, objective: Objectiv
     """The pack's `Repulsion` with an embedder recipe (default: the latent) and an objective (default: the
     thesis's RBF kernel sum with the median bandwidth)."""
     return Repulsion(settings, objective or make_objective("kernel_sum", "rbf"), recipe)
+
+
+def trained_style_embedder(model, latents: Tensor, labels: Tensor, class_names: Sequence[str],
+                           epochs: int = STYLE_EPOCHS) -> StyleEmbedderRecipe:
+    """A style embedder (class-probability output, the node's default) trained by Train Style Embedder's
+    own function on labelled clean `latents` [M, C, H, W] in the denoiser's space, for `model`."""
+    data = StyleLatents(model.get_model_object("latent_format").process_out(latents), labels, tuple(class_names),
+                        "benchmark samples")
+    options = TrainingOptions(epochs=epochs, batch_size=STYLE_BATCH, validation_fraction=0.2, seed=0)
+    classifier, history = train_for_model(model, data, options)
+    print(f"style embedder: {classifier.metadata['clean_validation_accuracy']} clean / "
+          f"{classifier.metadata['validation_accuracy']} noisy validation accuracy, best of {len(history)} epochs",
+          flush=True)
+    return StyleEmbedderRecipe(classifier, "trained style embedder")
 
 
 def node_defaults() -> dict:

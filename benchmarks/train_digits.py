@@ -1,8 +1,6 @@
-"""Train the four small models of the digits benchmark on scikit-learn's 8x8 handwritten digits.
+"""Train the three small models of the digits benchmark on scikit-learn's 8x8 handwritten digits.
 
 - a denoiser D(x, sigma) (an MLP with EDM preconditioning) that generates digit "latents";
-- the pack's style classifier (noise-aware, `embedders.train_style_classifier`), the pack's own
-  classifier-feature embedder for the repulsion;
 - an independent latent classifier (an MLP on clean latents), a stronger classifier for the repulsion;
 - a separate judge, a small CNN trained on clean digit images only, whose class and confidence score the
   generated samples (no embedder grades its own work).
@@ -12,15 +10,15 @@ A digit latent is the standardised 8x8 image, pixel-unshuffled to [4, 4, 4]: a b
 
     .host/venv/bin/python benchmarks/train_digits.py [--threads 1]
 
-Writes benchmarks/weights/digits_{denoiser,judge,style_classifier,latent_classifier}.safetensors
-(committed, 4.6 MB in all) and benchmarks/results/train_digits.json (figures and times).
+Writes benchmarks/weights/digits_{denoiser,judge,latent_classifier}.safetensors (committed, 4.3 MB in
+all) and benchmarks/results/train_digits.json (figures and times). The pack's own style classifier is not
+stored: bench_diversity_digits.py trains it with Train Style Embedder's own function, as a user would.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,22 +34,12 @@ WEIGHTS = REPO / "benchmarks" / "weights"
 RESULTS = REPO / "benchmarks" / "results"
 DENOISER_FILE = WEIGHTS / "digits_denoiser.safetensors"
 JUDGE_FILE = WEIGHTS / "digits_judge.safetensors"
-EMBEDDER_FILE = WEIGHTS / "digits_style_classifier.safetensors"
 LATENT_CLASSIFIER_FILE = WEIGHTS / "digits_latent_classifier.safetensors"
-sys.path.insert(0, str(REPO / "scripts"))
-
-import comfy_host  # noqa: E402  (standard library only: registers the pack as `particle_repulsion`)
-
-comfy_host.register_pack_namespace()
-
-from particle_repulsion.embedders import save_style_embedder, train_style_classifier  # noqa: E402
 
 SEED = 0
 DIGIT_NAMES = [str(digit) for digit in range(10)]
 IMAGE_SIDE = 8
 UNSHUFFLE = 2  # 8x8x1 pixels <-> 4x4x4 latent
-# The noise range of ComfyUI's SD1.5 schedule (model_sampling sigma_min / sigma_max), which samples it.
-SIGMA_MIN, SIGMA_MAX = 0.0292, 14.6146
 SIGMA_DATA = 1.0  # the latents are standardised to unit variance
 
 DENOISER_WIDTH = 512
@@ -68,8 +56,6 @@ CLASSIFIER_EPOCHS = 40
 CLASSIFIER_BATCH = 64
 CLASSIFIER_TEST_FRACTION = 0.2
 LATENT_CLASSIFIER_SEED = 1  # not the judge's seed: its own initial weights, batches and test split
-EMBEDDER_EPOCHS = 60
-EMBEDDER_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -296,21 +282,6 @@ def _calibrated_temperature(judge: DigitJudge, images: Tensor, labels: Tensor) -
     return candidates[losses.argmin()].item()
 
 
-def train_embedder(data: DigitData, seed: int):
-    """The pack's noise-aware style classifier on the digit latents (its own 20% validation split)."""
-    def report(epoch: int, train_accuracy: float, validation_accuracy: float, loss: float) -> None:
-        if epoch % 10 == 0:
-            print(f"[embedder] epoch {epoch}/{EMBEDDER_EPOCHS}  noisy validation accuracy {validation_accuracy:.4f}",
-                  flush=True)
-
-    model, history = train_style_classifier(
-        data.latents, data.labels, DIGIT_NAMES, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, epochs=EMBEDDER_EPOCHS,
-        batch_size=EMBEDDER_BATCH, validation_fraction=0.2, seed=seed, on_epoch=report)
-    final = history[-1]
-    return model, {"noisy_validation_accuracy": final.validation_accuracy,
-                   "clean_validation_accuracy": final.clean_validation_accuracy}
-
-
 def save_module(module: nn.Module, path: Path, metadata: dict, dtype: torch.dtype = torch.float32) -> None:
     """`module`'s weights as `dtype` in a .safetensors file with string `metadata`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,7 +314,6 @@ def main() -> None:
     torch.set_num_threads(arguments.threads)
     data = load_digit_data()
     (judge, judge_figures), judge_seconds = timed("judge", lambda: train_judge(data, SEED))
-    (embedder, embedder_figures), embedder_seconds = timed("embedder", lambda: train_embedder(data, SEED))
     (latent_classifier, latent_classifier_figures), latent_classifier_seconds = timed(
         "latent classifier", lambda: train_latent_classifier(data, LATENT_CLASSIFIER_SEED))
     (denoiser, losses), denoiser_seconds = timed(
@@ -351,19 +321,17 @@ def main() -> None:
     save_module(judge, JUDGE_FILE, {"seed": SEED, **judge_figures})
     save_module(latent_classifier, LATENT_CLASSIFIER_FILE,
                 {"seed": LATENT_CLASSIFIER_SEED, **latent_classifier_figures})
-    save_style_embedder(EMBEDDER_FILE, embedder, {"latent_format": "digits 8x8 pixel-unshuffled to 4x4x4",
-                                                  "seed": SEED})
-    # float16 halves the denoiser's file (7.7 -> 3.8 MB) so that all three fit the 5 MB to be committed.
+    # float16 halves the denoiser's file (7.7 -> 3.8 MB) so that all of them fit the 5 MB to be committed.
     save_module(denoiser, DENOISER_FILE, {"seed": SEED, "steps": arguments.denoiser_steps,
                                           "final_loss": sum(losses[-1000:]) / min(1000, len(losses))}, torch.float16)
     summary = {
         "torch": torch.__version__, "threads": arguments.threads, "seed": SEED,
-        "judge": judge_figures, "embedder": embedder_figures, "latent_classifier": latent_classifier_figures,
+        "judge": judge_figures, "latent_classifier": latent_classifier_figures,
         "denoiser": {"steps": arguments.denoiser_steps, "final_loss": sum(losses[-1000:]) / min(1000, len(losses)),
                      "parameters": sum(parameter.numel() for parameter in denoiser.parameters())},
-        "seconds": {"judge": judge_seconds, "embedder": embedder_seconds,
-                    "latent_classifier": latent_classifier_seconds, "denoiser": denoiser_seconds,
-                    "total": judge_seconds + embedder_seconds + latent_classifier_seconds + denoiser_seconds},
+        "seconds": {"judge": judge_seconds, "latent_classifier": latent_classifier_seconds,
+                    "denoiser": denoiser_seconds,
+                    "total": judge_seconds + latent_classifier_seconds + denoiser_seconds},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_digits.json").write_text(json.dumps(summary, indent=2))

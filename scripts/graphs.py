@@ -49,9 +49,11 @@ class Graph:
         return self.add(node_id, "KSampler", **inputs)
 
     def repulsive_ksampler(self, node_id: str, sampler_name="euler", scheduler="normal", seed=7, steps=3,
-                           latent=LATENT, embedder=None, **repulsion) -> str:
+                           latent=LATENT, embedder=None, model=None, **repulsion) -> str:
         inputs = {**self.sampler_inputs(sampler_name, scheduler, seed, steps, latent),
                   **REPULSION_DEFAULTS, **repulsion}
+        if model is not None:
+            inputs["model"] = [model, 0]
         if embedder is not None:
             inputs["embedder"] = [embedder, 0]
         return self.add(node_id, "ParticleRepulsionKSampler", **inputs)

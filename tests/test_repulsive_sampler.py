@@ -4,6 +4,7 @@ import itertools
 import pytest
 import torch
 
+from contextual_fixtures import tiny_sd3_file  # noqa: F401  (a fixture, used by name)
 from graphs import CHECKPOINT, LATENT, REPULSION_DEFAULTS, Graph
 
 SCHEDULERS = ("normal", "karras")
@@ -27,6 +28,29 @@ def test_strength_zero_is_bit_identical_to_stock_for_every_sampler(server, tiny_
     differing = [key for key, (stock, ours) in pairs.items()
                  if not torch.equal(result.latents(stock), result.latents(ours))]
     assert differing == []
+
+
+FLOW_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_sde", "uni_pc", "lcm")
+FLOW_SCHEDULERS = ("simple", "sgm_uniform")
+
+
+def test_strength_zero_is_bit_identical_to_stock_on_a_flow_model(server, tiny_checkpoint, tiny_sd3_file):
+    graph = Graph(tiny_checkpoint, batch_size=3)
+    graph.add("sd3", "UNETLoader", unet_name=tiny_sd3_file, weight_dtype="default")
+    pairs = {}
+    for sampler_name, scheduler in itertools.product(FLOW_SAMPLERS, FLOW_SCHEDULERS):
+        key = f"{sampler_name}_{scheduler}"
+        stock = graph.save_latent(graph.stock_ksampler(f"stock_flow_{key}", sampler_name, scheduler, model="sd3"))
+        ours = graph.save_latent(graph.repulsive_ksampler(f"ours_flow_{key}", sampler_name, scheduler, model="sd3",
+                                                          strength=0.0))
+        pairs[key] = (stock, ours)
+    repelled = graph.save_latent(graph.repulsive_ksampler("repelled_flow", model="sd3", strength=1.0))
+    result = server.run(graph.nodes)
+    differing = [key for key, (stock, ours) in pairs.items()
+                 if not torch.equal(result.latents(stock), result.latents(ours))]
+    assert differing == []
+    assert result.latents(repelled).shape[1] == 16  # the SD3 latent, as the stock KSampler makes it
+    assert not torch.equal(result.latents(repelled), result.latents(pairs["euler_simple"][0]))
 
 
 @pytest.mark.parametrize("sampler_name", DIVERSITY_SAMPLERS)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from particle_repulsion.embedders import train_style_classifier
-from particle_repulsion.kernels.guidance import RepulsionSettings
 from particle_repulsion.metrics import class_entropy
 
 STYLES, CHANNELS, SIZE = 4, 4, 8
@@ -67,9 +66,13 @@ def batch_entropy(comfy, classifier, strength: float, seed: int) -> float:
     """Entropy (nats) of the classes the classifier gives a batch drawn with repulsion `strength`."""
     import comfy.k_diffusion.sampling
     from particle_repulsion.nodes.embedder_recipes import StyleEmbedderRecipe
-    from particle_repulsion.nodes.repulsion import Repulsion, repulsive_sampler
+    from particle_repulsion.nodes.repulsion import repulsive_sampler
+    from particle_repulsion.nodes.sampler_nodes import build_repulsion
 
-    repulsion = Repulsion(RepulsionSettings(strength=strength), embedder=StyleEmbedderRecipe(classifier, "synthetic"))
+    # The node's own path: the style embedder's class probabilities and the collision objective.
+    repulsion = build_repulsion(strength=strength, strength_mode="relative", space="denoised", kernel="rbf",
+                                bandwidth=0.0, start=0.0, end=1.0, objective="collision",
+                                embedder=StyleEmbedderRecipe(classifier, "synthetic"))
     sampler = repulsive_sampler(comfy.samplers.ksampler("euler"), repulsion)
     sigmas = comfy.k_diffusion.sampling.get_sigmas_karras(STEPS, SIGMA_MIN, SIGMA_MAX)
     noise = torch.randn(BATCH_SIZE, CHANNELS, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
@@ -82,7 +85,7 @@ def batch_entropy(comfy, classifier, strength: float, seed: int) -> float:
 
 def test_repulsion_in_the_classifier_space_spreads_the_batch_over_more_styles(comfy, style_classifier):
     plain = [batch_entropy(comfy, style_classifier, 0.0, seed) for seed in SEEDS]
-    repelled = [batch_entropy(comfy, style_classifier, 0.3, seed) for seed in SEEDS]
+    repelled = [batch_entropy(comfy, style_classifier, 2.0, seed) for seed in SEEDS]
     mean_plain, mean_repelled = sum(plain) / len(plain), sum(repelled) / len(repelled)
     print(f"class entropy over {len(SEEDS)} batches: {mean_plain:.3f} plain, {mean_repelled:.3f} repelled")
     assert mean_repelled > mean_plain + 0.15, (plain, repelled)
