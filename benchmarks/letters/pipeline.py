@@ -6,7 +6,7 @@ latent, `Letters.judge` decodes with VAEDecode and scores with the judges.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nodes
 import torch
@@ -45,9 +45,13 @@ class Letters:
     letter_judge: GlyphJudge
     font_judge: GlyphJudge
     styles: list[str]
+    encoded: dict = field(default_factory=dict)
 
     def encode(self, text: str):
-        return nodes.CLIPTextEncode().encode(self.clip, text)[0]
+        """CLIPTextEncode's CONDITIONING for `text` (computed once per text)."""
+        if text not in self.encoded:
+            self.encoded[text] = nodes.CLIPTextEncode().encode(self.clip, text)[0]
+        return self.encoded[text]
 
     @staticmethod
     def empty_latent(batch_size: int) -> dict:
