@@ -1,13 +1,19 @@
-"""The pack's main job, end to end in a real ComfyUI server on the tiny checkpoint.
+"""The pack's main job, end to end in a real ComfyUI server, on the letters model trained in this repository.
 
-One batch is sampled twice from the same seed, without and with repulsion; the demo writes a side-by-side
-grid of the decoded images and the diversity of each batch (mean pairwise distance, Vendi score) to
-`output/demo/`. Run it with `make demo`.
+The letters model (benchmarks/letters/: an SD3-architecture MMDiT, a TAESD-format VAE and CLIP-L) is
+installed into the host's model folders; then, for "the letter R" and "the letter g" (CLIP lower-cases
+prompts; the model draws capitals), one batch of 8 is sampled from the same seed four times: plain (stock
+KSampler), with the Repulsive KSampler at its node defaults, with the Repulsive KSampler in the space of the
+font embedder that the pack's Train Style Embedder learnt from this model, and with Contextual Repulsion at
+its defaults (but the block range, see CONTEXTUAL_BLOCKS). The judges (a font and a letter classifier trained on clean renders) label every glyph.
+Writes `output/demo/letters.png` (one labelled row per prompt and run) and `output/demo/numbers.json`
+(distinct fonts, Vendi of the font judge's features, letter accuracy per row). Run it with `make demo`.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,70 +21,126 @@ import torch
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import comfy_host  # noqa: E402
 
-comfy_host.register_pack_namespace()
-from comfy_server import ComfyServer  # noqa: E402
-from graphs import Graph  # noqa: E402
-from particle_repulsion.metrics import mean_pairwise_distance, vendi_score  # noqa: E402
-
 OUTPUT = comfy_host.REPO / "output" / "demo"
-BATCH, SIZE, STEPS, SEED = 6, 128, 12, 2026
-RUNS = {"plain": 0.0, "repelled": 0.5}
+BATCH, SIZE, SEED = 8, 64, 2026
+PROMPTS = {"R": "the letter R", "G": "the letter g"}
+RUNS = ("plain", "repulsion (node defaults)", "repulsion in the font embedder", "contextual repulsion")
+# The contextual node's default block range (the middle third) holds no block of this two-block model; its
+# first block is the one whose text stream feeds the rest (the last SD3 block emits no text stream).
+CONTEXTUAL_BLOCKS = {"block_start": 0.0, "block_end": 0.5}
+TILE, LABEL_WIDTH, CAPTION_HEIGHT = 96, 250, 14
 
 
-def demo_graph(checkpoint: str) -> Graph:
-    """Two Repulsive KSamplers on one batch and seed, strength 0 (stock) and 0.5, each saved and decoded."""
-    graph = Graph(checkpoint, batch_size=BATCH, width=SIZE, height=SIZE, prefix="demo",
-                  prompt="a lighthouse on a cliff at dusk, oil painting")
-    for run, strength in RUNS.items():
-        graph.repulsive_ksampler(run, "euler_ancestral", "karras", seed=SEED, steps=STEPS, strength=strength)
-        graph.save_latent(run)
-        graph.save_image(run)
+def node_defaults(object_info: dict, node_type: str, skip: tuple[str, ...]) -> dict:
+    """The server's default of every required input of `node_type` except `skip` (combo: first option)."""
+    defaults = {}
+    for name, (kind, *options) in object_info[node_type]["input"]["required"].items():
+        if name in skip:
+            continue
+        spec = options[0] if options else {}
+        defaults[name] = spec["default"] if "default" in spec else kind[0]
+    return defaults
+
+
+def demo_graph(object_info: dict, names: dict, sampling: dict) -> dict:
+    """API prompt: the letters model's loaders, then per prompt and run a sampler, VAEDecode and SaveImage."""
+    graph = {
+        "model": {"class_type": "UNETLoader", "inputs": {"unet_name": names["unet"], "weight_dtype": "default"}},
+        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": names["clip"], "type": "sd3"}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": names["vae"]}},
+        "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": ""}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": BATCH}},
+        "fonts": {"class_type": "ParticleRepulsionLoadStyleEmbedder", "inputs": {
+            **node_defaults(object_info, "ParticleRepulsionLoadStyleEmbedder", ("style_embedder",)),
+            "style_embedder": names["fonts"]}},
+        "contextual_model": {"class_type": "ParticleRepulsionContextual", "inputs": {
+            "model": ["model", 0], **node_defaults(object_info, "ParticleRepulsionContextual", ("model",)),
+            **CONTEXTUAL_BLOCKS}},
+    }
+    stock_inputs = set(object_info["KSampler"]["input"]["required"])
+    repulsion = node_defaults(object_info, "ParticleRepulsionKSampler", tuple(stock_inputs))
+    for key, text in PROMPTS.items():
+        graph[f"positive_{key}"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": text}}
+        common = {**sampling, "seed": SEED, "positive": [f"positive_{key}", 0], "negative": ["negative", 0],
+                  "latent_image": ["latent", 0]}
+        samplers = {
+            "plain": ("KSampler", {**common, "model": ["model", 0]}),
+            "repulsion (node defaults)": ("ParticleRepulsionKSampler", {**common, **repulsion, "model": ["model", 0]}),
+            "repulsion in the font embedder": ("ParticleRepulsionKSampler", {
+                **common, **repulsion, "model": ["model", 0], "embedder": ["fonts", 0]}),
+            "contextual repulsion": ("KSampler", {**common, "model": ["contextual_model", 0]}),
+        }
+        for index, run in enumerate(RUNS):
+            node_type, inputs = samplers[run]
+            node = f"{key}_{index}"
+            graph[node] = {"class_type": node_type, "inputs": inputs}
+            graph[f"{node}_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": [node, 0], "vae": ["vae", 0]}}
+            graph[f"{node}_save"] = {"class_type": "SaveImage", "inputs": {
+                "images": [f"{node}_decode", 0], "filename_prefix": f"demo/letters_{node}"}}
     return graph
 
 
-def batch_numbers(latents: torch.Tensor, images: list[np.ndarray]) -> dict:
-    pixels = torch.from_numpy(np.stack(images)).float().flatten(1) / 255.0
-    return {"latent_mean_pairwise_l2": mean_pairwise_distance(latents.flatten(1)),
-            "pixel_mean_pairwise_l2": mean_pairwise_distance(pixels),
-            "pixel_vendi": vendi_score(pixels)}
-
-
-def side_by_side(rows: dict[str, list[np.ndarray]]) -> Image.Image:
-    """One labelled row of images per run."""
-    label_width, gap = 90, 4
-    height, width = rows[next(iter(rows))][0].shape[:2]
-    columns = max(len(images) for images in rows.values())
-    grid = Image.new("RGB", (label_width + columns * (width + gap), len(rows) * (height + gap)), "white")
+def labelled_grid(rows: list[tuple[str, list[np.ndarray], list[str], str]]) -> Image.Image:
+    """One row per (title, images [H, W, 3] uint8, tile captions, row numbers); tiles upscaled to TILE px."""
+    columns = max(len(images) for _, images, _, _ in rows)
+    height = TILE + CAPTION_HEIGHT + 6
+    grid = Image.new("RGB", (LABEL_WIDTH + columns * (TILE + 4), len(rows) * height), "white")
     draw = ImageDraw.Draw(grid)
-    for row, (label, images) in enumerate(rows.items()):
-        top = row * (height + gap)
-        draw.text((6, top + height // 2), label, fill="black")
-        for column, image in enumerate(images):
-            grid.paste(Image.fromarray(image), (label_width + column * (width + gap), top))
+    for row, (title, images, captions, numbers) in enumerate(rows):
+        top = row * height
+        draw.text((6, top + TILE // 2 - 14), title, fill="black")
+        draw.text((6, top + TILE // 2 + 2), numbers, fill=(90, 90, 90))
+        for column, (image, text) in enumerate(zip(images, captions)):
+            left = LABEL_WIDTH + column * (TILE + 4)
+            grid.paste(Image.fromarray(image).resize((TILE, TILE), Image.Resampling.LANCZOS), (left, top))
+            draw.text((left + 2, top + TILE + 1), text, fill=(180, 0, 0))
     return grid
 
 
 def main() -> int:
-    import tiny_models
-
     comfy_host.use_comfyui_in_process()
-    checkpoint = tiny_models.ensure(tiny_models.TINY_SD15).name
+    from comfy_server import ComfyServer
+    from letters import install as letters_install
+    from letters.glyphs import LETTERS
+    from letters.models import font_judge, letter_judge, load_styles
+    from letters.pipeline import SAMPLING
+    from particle_repulsion.metrics import vendi_score
+
+    started = time.perf_counter()
+    letters_install.install()
+    names = {"unet": letters_install.UNET_NAME, "clip": letters_install.CLIP_NAME, "vae": letters_install.VAE_NAME,
+             "fonts": letters_install.FONTS_EMBEDDER_NAME}
+    sampling = {key: SAMPLING[key] for key in ("steps", "cfg", "sampler_name", "scheduler", "denoise")}
+    styles, fonts, letters = load_styles()["styles"], font_judge(), letter_judge()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     with ComfyServer(OUTPUT / "comfyui-server.log") as server:
-        print(f"[demo] ComfyUI at {server.url}; sampling batch {BATCH} at {SIZE}px, {STEPS} steps, twice")
-        result = server.run(demo_graph(checkpoint).nodes)
-    images = {run: result.images(f"image_{run}") for run in RUNS}
-    numbers = {run: {"strength": strength, **batch_numbers(result.latents(f"latent_{run}"), images[run])}
-               for run, strength in RUNS.items()}
-    side_by_side(images).save(OUTPUT / "plain_vs_repelled.png")
+        print(f"[demo] ComfyUI at {server.url}; 2 prompts x {len(RUNS)} runs, batch {BATCH}, {SAMPLING['steps']} steps")
+        result = server.run(demo_graph(server.object_info(), names, sampling))
+    rows, numbers = [], {}
+    for key, text in PROMPTS.items():
+        for index, run in enumerate(RUNS):
+            images = result.images(f"{key}_{index}_save")
+            ink = 1.0 - torch.from_numpy(np.stack(images)).float().mean(dim=-1) / 255.0
+            with torch.no_grad():
+                features = fonts.features(ink)
+                style_indices = fonts.head(features).argmax(dim=1).tolist()
+                letter_indices = letters(ink).argmax(dim=1).tolist()
+            figures = {"distinct_fonts": len(set(style_indices)), "font_vendi": vendi_score(features),
+                       "letter_accuracy": sum(LETTERS[i] == key for i in letter_indices) / len(letter_indices)}
+            numbers[f"{text} | {run}"] = figures
+            summary = (f"{figures['distinct_fonts']} fonts, Vendi {figures['font_vendi']:.2f}, "
+                       f"{100 * figures['letter_accuracy']:.0f}% {key}")
+            captions = [f"{LETTERS[l]} {styles[s][:12]}" for l, s in zip(letter_indices, style_indices)]
+            rows.append((f'"{text}": {run}', images, captions, summary))
+    labelled_grid(rows).save(OUTPUT / "letters.png")
     (OUTPUT / "numbers.json").write_text(json.dumps(numbers, indent=2))
-    print(f"{'batch':<10}{'strength':>9}{'latent L2':>12}{'pixel L2':>11}{'pixel Vendi':>13}")
-    for run, row in numbers.items():
-        print(f"{run:<10}{row['strength']:>9.2f}{row['latent_mean_pairwise_l2']:>12.2f}"
-              f"{row['pixel_mean_pairwise_l2']:>11.2f}{row['pixel_vendi']:>13.3f}")
-    print(f"[demo] wrote {OUTPUT / 'plain_vs_repelled.png'} and {OUTPUT / 'numbers.json'}")
+    print(f"{'prompt | run':<62}{'fonts':>6}{'Vendi':>7}{'letter':>8}")
+    for label, row in numbers.items():
+        print(f"{label:<62}{row['distinct_fonts']:>6}{row['font_vendi']:>7.2f}{100 * row['letter_accuracy']:>7.0f}%")
+    print(f"[demo] wrote {OUTPUT / 'letters.png'} and {OUTPUT / 'numbers.json'} in {time.perf_counter() - started:.0f} s")
     return 0
 
 
