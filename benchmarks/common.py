@@ -41,7 +41,7 @@ from particle_repulsion.kernels import Objective, make_objective, squared_distan
 from particle_repulsion.kernels.guidance import RepulsionSettings  # noqa: E402
 from particle_repulsion.nodes.repulsion import Repulsion, repulsive_sampler  # noqa: E402
 from particle_repulsion.nodes.embedder_recipes import StyleEmbedderRecipe  # noqa: E402
-from particle_repulsion.nodes.sampler_nodes import RepulsiveSampler, build_repulsion  # noqa: E402
+from particle_repulsion.nodes.sampler_nodes import build_repulsion, repulsion_defaults  # noqa: E402
 from particle_repulsion.nodes.style_training import StyleLatents, TrainingOptions, train_for_model  # noqa: E402
 
 STYLE_EPOCHS = 40
@@ -124,10 +124,8 @@ def trained_style_embedder(model, latents: Tensor, labels: Tensor, class_names: 
 
 
 def node_defaults() -> dict:
-    """The repulsion widgets' defaults exactly as the Repulsive Sampler node declares them."""
-    required = RepulsiveSampler.INPUT_TYPES()["required"]
-    return {name: options.get("default", kind[0] if isinstance(kind, list) else None)
-            for name, (kind, options) in required.items() if name != "sampler"}
+    """The repulsion widgets' defaults exactly as the nodes declare them."""
+    return repulsion_defaults()
 
 
 def node_repulsion(embedder=None, **changes) -> Repulsion:

@@ -41,7 +41,8 @@ class RepulsionEmbedder:
 
 
 def style_output_input() -> tuple:
-    """The `output` widget of the nodes that hand out a style embedder."""
+    """The `output` widget of the nodes that hand out a style embedder (optional: API prompts written
+    before it existed still run)."""
     return (list(STYLE_OUTPUTS), {
         "default": STYLE_OUTPUTS[0],
         "tooltip": "class_probabilities: compare images by which style the classifier sees in them; use the "
@@ -73,8 +74,7 @@ class LoadStyleEmbedder:
             "style_embedder": (style_embedder_names(), {
                 "tooltip": "A .safetensors file in models/style_embedders (names of letters, digits, '-', '_', "
                            "'.' and spaces)."}),
-            "output": style_output_input(),
-        }}
+        }, "optional": {"output": style_output_input()}}
 
     @classmethod
     def IS_CHANGED(cls, style_embedder, **other_inputs):

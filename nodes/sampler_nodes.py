@@ -16,6 +16,7 @@ from .stock_sampling import stock_latent_samples, stock_sampler_output
 from .validation import require_finite_numbers
 
 CATEGORY = "particle_repulsion/sampling"
+DEFAULT_OBJECTIVE = "log_vendi"
 EMBEDDER_TOOLTIP = ("Where similarity is measured (from a Repulsion Embedder or Load Style Embedder node). "
                     "Not connected: the raw latent.")
 
@@ -61,21 +62,31 @@ def repulsion_inputs() -> dict:
             "tooltip": "Stop repelling at this fraction of the schedule (excluded: end = k / steps repels in "
                        "the first k steps; 1 = every step). The relative push already fades out as the images "
                        "become clean, so 1 is the recommended default."}),
+    }
+
+
+def optional_repulsion_inputs() -> dict:
+    """The optional inputs of every repulsion node: the EMBEDDER socket and the widgets added after the
+    first release (optional, so that API prompts written before them still run, with their defaults)."""
+    return {"optional": {
+        "embedder": ("EMBEDDER", {"tooltip": EMBEDDER_TOOLTIP}),
         "objective": (list(OBJECTIVE_NAMES), {
-            "default": "log_vendi",
+            "default": DEFAULT_OBJECTIVE,
             "tooltip": "What 'alike' costs. log_vendi: the batch's entropy (log of its Vendi score); keeps "
                        "pushing alike images apart, recommended. kernel_sum: the thesis's SVGD kernel sum (alike "
                        "images push weakly). collision: the chance that two images share a class, for a style "
                        "embedder whose output is class probabilities."}),
-    }
+    }}
 
 
-def optional_embedder_input() -> dict:
-    return {"optional": {"embedder": ("EMBEDDER", {"tooltip": EMBEDDER_TOOLTIP})}}
+def repulsion_defaults() -> dict:
+    """{widget: default} of every repulsion widget as the nodes declare it (required and optional)."""
+    declared = {**repulsion_inputs(), **optional_repulsion_inputs()["optional"]}
+    return {name: options["default"] for name, (_, options) in declared.items() if "default" in options}
 
 
-def build_repulsion(strength, strength_mode, space, kernel, bandwidth, start, end, objective, embedder=None
-                    ) -> Repulsion:
+def build_repulsion(strength, strength_mode, space, kernel, bandwidth, start, end, objective=DEFAULT_OBJECTIVE,
+                    embedder=None) -> Repulsion:
     """The `Repulsion` the repulsion widgets describe (values checked here: ComfyUI lets NaN through)."""
     require_finite_numbers({"strength": strength, "bandwidth": bandwidth, "start": start, "end": end})
     settings = RepulsionSettings(strength=strength, strength_mode=strength_mode, space=space, start=start, end=end)
@@ -117,7 +128,7 @@ class RepulsiveKSampler:
                                       "tooltip": "Fraction of the schedule to run (lower keeps more of the input)."}),
                 **repulsion_inputs(),
             },
-            **optional_embedder_input(),
+            **optional_repulsion_inputs(),
         }
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
@@ -152,7 +163,7 @@ class RepulsiveSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {"sampler": ("SAMPLER", {"tooltip": "The sampler to add repulsion to."}), **repulsion_inputs()},
-            **optional_embedder_input(),
+            **optional_repulsion_inputs(),
         }
 
     def wrap(self, sampler, embedder=None, **repulsion_options):
@@ -173,7 +184,7 @@ class RepulsionModelPatch:
     def INPUT_TYPES(cls):
         return {
             "required": {"model": ("MODEL", {"tooltip": "The model to patch."}), **repulsion_inputs()},
-            **optional_embedder_input(),
+            **optional_repulsion_inputs(),
         }
 
     def patch(self, model, embedder=None, **repulsion_options):

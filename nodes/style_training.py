@@ -618,8 +618,7 @@ class TrainStyleEmbedder:
                              "tooltip": "Fixes the split, the initial weights, the batches and the noise."}),
             "overwrite": ("BOOLEAN", {"default": False,
                                       "tooltip": "Replace an existing file of that name (off: stop with an error)."}),
-            "output": style_output_input(),
-        }}
+        }, "optional": {"output": style_output_input()}}
 
     def train(self, model, style_latents, file_name, overwrite, output=STYLE_OUTPUTS[0], **options):
         options = TrainingOptions(**options)

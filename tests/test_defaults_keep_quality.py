@@ -48,10 +48,12 @@ def gaussian_models(exact_models):
 @pytest.fixture(scope="module")
 def node_defaults_wrapper(comfy):
     """KSAMPLER -> KSAMPLER: the Repulsive Sampler node at its declared defaults."""
-    from particle_repulsion.nodes.sampler_nodes import RepulsiveSampler
+    from particle_repulsion.nodes.sampler_nodes import RepulsiveSampler, repulsion_defaults
 
-    required = RepulsiveSampler.INPUT_TYPES()["required"]
-    defaults = {name: options["default"] for name, (_, options) in required.items() if name != "sampler"}
+    defaults = repulsion_defaults()
+    declared = RepulsiveSampler.INPUT_TYPES()
+    assert set(defaults) == {name for section in declared.values() for name, (kind, _) in section.items()
+                             if kind not in ("SAMPLER", "EMBEDDER")}
     assert defaults["strength"] > 0
     return lambda sampler: RepulsiveSampler().wrap(sampler, **defaults)[0]
 

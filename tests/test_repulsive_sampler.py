@@ -53,6 +53,16 @@ def test_strength_zero_is_bit_identical_to_stock_on_a_flow_model(server, tiny_ch
     assert not torch.equal(result.latents(repelled), result.latents(pairs["euler_simple"][0]))
 
 
+def test_api_prompts_written_before_the_objective_input_still_run_with_its_default(server, tiny_checkpoint):
+    graph = Graph(tiny_checkpoint, batch_size=3)
+    explicit = graph.save_latent(graph.repulsive_ksampler("explicit", strength=1.0, objective="log_vendi"))
+    older = graph.repulsive_ksampler("older", strength=1.0)
+    del graph.nodes[older]["inputs"]["objective"]
+    older = graph.save_latent(older)
+    result = server.run(graph.nodes)
+    assert torch.equal(result.latents(explicit), result.latents(older))
+
+
 @pytest.mark.parametrize("sampler_name", DIVERSITY_SAMPLERS)
 def test_repulsion_raises_the_batch_spread(server, tiny_checkpoint, sampler_name):
     graph = Graph(tiny_checkpoint, batch_size=4)
