@@ -36,13 +36,11 @@ import nodes  # noqa: E402
 import tiny_models  # noqa: E402
 from particle_repulsion.embedders import EMBEDDER_NAMES  # noqa: E402
 from particle_repulsion.nodes.embedder_recipes import BuiltinEmbedderRecipe  # noqa: E402
-from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler  # noqa: E402
+from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler, repulsion_defaults  # noqa: E402
 
 BATCH_SIZES = (4, 8, 16)
 TARGET_AT_8 = 0.05
 SAMPLER, SCHEDULER, CFG, SEED = "euler", "normal", 5.0, 0
-REPULSION = {"strength": 0.3, "strength_mode": "relative", "space": "noisy", "kernel": "rbf", "bandwidth": 0.0,
-             "start": 0.0, "end": 1.0}
 
 
 def load_tiny_model():
@@ -67,7 +65,7 @@ def measure(model, positive, negative, latent, steps, repeats, embedder_name) ->
 
     def ours():
         RepulsiveKSampler().sample(model, SEED, steps, CFG, SAMPLER, SCHEDULER, positive, negative, latent, 1.0,
-                                   embedder=recipe, **REPULSION)
+                                   embedder=recipe, **repulsion_defaults())
 
     stock(), ours()  # warm-up: model load, first-call allocations
     stock_times, our_times = [], []
