@@ -24,6 +24,7 @@ def artifacts_folder() -> Path:
 
 
 ARTIFACTS = artifacts_folder()
+STYLE_FILE_IN_WORKFLOWS = "my_styles.safetensors"  # what the shipped style workflow loads
 
 # Markers that select what the compatibility matrix runs on its extra hosts (scripts/host_pins.toml):
 # a test is `host` when it uses ComfyUI (its fixtures reach `comfy`), `browser` when it drives the web UI.
@@ -72,3 +73,33 @@ def style_training(comfy):
 
     register_model_folders()
     return style_training
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tiny_checkpoint) -> dict[str, str]:
+    """File names of the tiny models that replace the real ones in the web UI tests' workflows."""
+    import tiny_models
+
+    return {"checkpoint": tiny_checkpoint, "sd3": tiny_models.ensure(tiny_models.TINY_SD3).name,
+            "flux": tiny_models.ensure(tiny_models.SHALLOW_FLUX).name,
+            "vae": tiny_models.ensure(tiny_models.TINY_VAE16).name}
+
+
+@pytest.fixture(scope="module")
+def style_embedders_folder(comfy):
+    """models/style_embedders/ with the file the style workflow loads; files made by the tests are removed."""
+    from particle_repulsion.embedders import StyleClassifier, save_style_embedder
+
+    folder = comfy_host.COMFYUI_DIR / "models" / "style_embedders"
+    folder.mkdir(parents=True, exist_ok=True)
+    provided = folder / STYLE_FILE_IN_WORKFLOWS
+    created = not provided.exists()
+    if created:
+        classifier = StyleClassifier(4, ["ink", "oil"], sigma_min=0.03, sigma_max=14.6)
+        save_style_embedder(provided, classifier, {"latent_format": "SD15"})
+    before = set(folder.iterdir())
+    yield folder
+    for leftover in set(folder.iterdir()) - before:
+        leftover.unlink()
+    if created:
+        provided.unlink()

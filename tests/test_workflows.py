@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import comfy_host
-from conftest import ARTIFACTS, REPO
+from conftest import ARTIFACTS, REPO, STYLE_FILE_IN_WORKFLOWS
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 SCREENSHOTS = ARTIFACTS / "workflows"
@@ -26,42 +26,11 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
 PACK_MARKERS = ("particlerepulsion", "particle_repulsion", "particle-repulsion")
 CPU_LIMITS = {"width": 64, "height": 64, "steps": 2}
 FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
-STYLE_FILE_IN_WORKFLOWS = "my_styles.safetensors"
 TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader"}
 CHECKPOINT_CLIP_OUTPUT = 1
 PACK_SCRIPT_URL_PART = f"/extensions/{comfy_host.PACK_LINK_NAME}/"
 INTERNAL_MODULE_NOTICE = "is an internal module, not part of the public API"
 MISSING_MODELS_NOTICE_CLOSE = "[data-testid=error-overlay-dismiss]"  # frontend 1.58+: the issues notice
-
-
-@pytest.fixture(scope="module")
-def tiny_files(tiny_checkpoint) -> dict[str, str]:
-    """File names of the tiny models a workflow's loaders get instead of the real ones."""
-    import tiny_models
-
-    return {"checkpoint": tiny_checkpoint, "sd3": tiny_models.ensure(tiny_models.TINY_SD3).name,
-            "flux": tiny_models.ensure(tiny_models.SHALLOW_FLUX).name,
-            "vae": tiny_models.ensure(tiny_models.TINY_VAE16).name}
-
-
-@pytest.fixture(scope="module")
-def style_embedders_folder(comfy):
-    """models/style_embedders/ with the file the style workflow loads; files made by the tests are removed."""
-    from particle_repulsion.embedders import StyleClassifier, save_style_embedder
-
-    folder = comfy_host.COMFYUI_DIR / "models" / "style_embedders"
-    folder.mkdir(parents=True, exist_ok=True)
-    provided = folder / STYLE_FILE_IN_WORKFLOWS
-    created = not provided.exists()
-    if created:
-        classifier = StyleClassifier(4, ["ink", "oil"], sigma_min=0.03, sigma_max=14.6)
-        save_style_embedder(provided, classifier, {"latent_format": "SD15"})
-    before = set(folder.iterdir())
-    yield folder
-    for leftover in set(folder.iterdir()) - before:
-        leftover.unlink()
-    if created:
-        provided.unlink()
 
 
 @pytest.fixture(scope="module")
