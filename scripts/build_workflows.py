@@ -24,10 +24,8 @@ NEGATIVE = "blurry, low quality"
 SEED = 42
 COLUMN = 360
 SAMPLER_ROW = 700  # a Repulsive KSampler with all its widgets is about 650 px tall
-# The repulsion widgets as the nodes ship them; STYLE_REPULSION for a style embedder's class probabilities.
-REPULSION = {"strength": 0.5, "strength_mode": "relative", "space": "denoised", "kernel": "rbf", "bandwidth": 0.0,
-             "start": 0.0, "end": 1.0, "objective": "log_vendi"}
-STYLE_REPULSION = {**REPULSION, "strength": 1.0, "objective": "collision"}
+REPULSION = {"strength": 0.3, "strength_mode": "relative", "space": "noisy", "kernel": "rbf", "bandwidth": 0.0,
+             "start": 0.0, "end": 1.0}
 SAMPLING = {"seed": SEED, "steps": 20, "cfg": 7.0, "sampler_name": "euler_ancestral", "scheduler": "karras",
             "denoise": 1.0}
 STYLE_FILE = "my_styles"
@@ -64,12 +62,11 @@ def repulsive_batch() -> list[WorkflowNode]:
         note("about", (0, SAMPLER_ROW + 420), (
             "Repulsive batch vs plain batch\n\n"
             "Both samplers start from the same seed and batch. The Repulsive KSampler pushes the four images "
-            "apart while they are still mostly noise, so the lower row should vary more (composition, colour) "
-            "than the upper one.\n\n"
-            "The defaults work on every model family (SD1.5, SDXL, v-prediction, SD3, Flux, turbo): strength 0.5 "
-            "is clear at a small cost, 1-2 strong. The push fades out as the images become clean and never runs "
-            "along their noise, so it cannot leave noise behind.\n"
-            "objective: log_vendi (the batch's entropy) by default; kernel_sum is the thesis's SVGD term.\n"
+            "apart at every step, so the lower row should vary more (composition, colour) than the upper one.\n\n"
+            "strength (relative): 0.1 subtle, 0.3 clear, 0.6+ strong; too high costs fidelity.\n"
+            "start/end: limit repulsion to part of the schedule; early steps decide composition, so end=0.6 "
+            "keeps the details intact.\n"
+            "space: noisy (thesis) or denoised (Particle Guidance style).\n"
             "For SDXL, load an SDXL checkpoint and use 1024x1024: nothing else changes."), size=(680, 260)),
     ]
 
@@ -169,21 +166,19 @@ def diversity_report() -> list[WorkflowNode]:
 def style_embedder_repulsion() -> list[WorkflowNode]:
     return [
         *sd15_inputs(),
-        WorkflowNode("style", "ParticleRepulsionLoadStyleEmbedder", (COLUMN, 0),
-                     {"style_embedder": f"{STYLE_FILE}.safetensors", "output": "class_probabilities"}),
+        WorkflowNode("style", "ParticleRepulsionLoadStyleEmbedder", (COLUMN, 0), {"style_embedder": f"{STYLE_FILE}.safetensors"}),
         WorkflowNode("summary", "PreviewAny", (COLUMN, 160), links={"source": ("style", 1)}, size=(320, 200)),
-        WorkflowNode("repelled", "ParticleRepulsionKSampler", (2 * COLUMN, 0), {**SAMPLING, **STYLE_REPULSION},
+        WorkflowNode("repelled", "ParticleRepulsionKSampler", (2 * COLUMN, 0), {**SAMPLING, **REPULSION, "strength": 0.4},
                      {**SAMPLER_LINKS, "embedder": ("style", 0)}, title="Repelled in style space"),
         *decoded_and_saved("repelled", 3 * COLUMN, 0, "repulsion/style"),
         note("about", (0, 900), (
             "Repel in a trained style classifier's space\n\n"
             "Load Style Embedder lists models/style_embedders/ (train one with the 'train style embedder from "
-            "prompts' workflow, or the CLI scripts/train_style_embedder.py on a folder of images). With its class "
-            "probabilities and the collision objective, each image is pushed out of the styles the others "
-            "already hold, so the batch spreads over the styles it knows.\n\n"
+            "prompts' workflow, or the CLI scripts/train_style_embedder.py on a folder of images). The batch is "
+            "pushed apart in the classifier's feature space, so the images spread over the styles it knows.\n\n"
             "The classifier must match the model's latents (4 channels for SD1.5/SDXL, 16 for SD3/Flux); a "
-            "mismatch stops with a clear message. For the thesis's behaviour, set output = features and objective "
-            "= kernel_sum (a Gram (Style) Embedder in between compares texture statistics)."), size=(680, 240)),
+            "mismatch stops with a clear message. Put a Gram (Style) Embedder between the loader and the sampler "
+            "to compare texture statistics instead of the features themselves."), size=(680, 240)),
     ]
 
 
@@ -267,7 +262,16 @@ def contextual_sd35() -> list[WorkflowNode]:
                                 "cond and uncond are repelled separately.")
 
 
-def letters_font_diversity() -> list[WorkflowNode]:
+def repulsion_defaults(object_info: dict) -> dict:
+    """The Repulsive KSampler's own widgets (those the stock KSampler lacks) at the defaults the server reports."""
+    stock = object_info["KSampler"]["input"]["required"]
+    own = {name: spec for name, spec in object_info["ParticleRepulsionKSampler"]["input"]["required"].items()
+           if name not in stock}
+    return {name: spec[1]["default"] if len(spec) > 1 and "default" in spec[1] else spec[0][0]
+            for name, spec in own.items()}
+
+
+def letters_font_diversity(object_info: dict) -> list[WorkflowNode]:
     """The letters model trained in this repository (benchmarks/letters/, installed by `make demo` or
     `benchmarks/letters/install.py`): a font embedder trained from the model's own outputs with the pack's
     nodes, then one seed sampled plain, repelled in that embedder's space, and with contextual repulsion."""
@@ -302,7 +306,7 @@ def letters_font_diversity() -> list[WorkflowNode]:
     ]
     rows = (("plain", "KSampler", {"model": ("model", 0)}, {}, "Plain batch"),
             ("fonts_repelled", "ParticleRepulsionKSampler", {"model": ("model", 0), "embedder": ("font_embedder", 0)},
-             REPULSION, "Repelled in the font embedder (same seed)"),
+             repulsion_defaults(object_info), "Repelled in the font embedder (same seed)"),
             ("contextual", "KSampler", {"model": ("contextual_model", 0)}, {}, "Contextual repulsion (same seed)"))
     for row, (key, node_type, links, settings, title) in enumerate(rows):
         y = row * SAMPLER_ROW
@@ -335,7 +339,7 @@ def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
         "train_style_embedder_from_prompts": train_style_embedder_from_prompts(),
         "contextual_repulsion_flux": contextual_flux(),
         "contextual_repulsion_sd35": contextual_sd35(),
-        "letters_font_diversity": letters_font_diversity(),
+        "letters_font_diversity": letters_font_diversity(object_info),
     }
 
 
