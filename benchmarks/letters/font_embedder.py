@@ -28,11 +28,13 @@ SEED = 10_000
 
 
 def node_defaults(node_class, names) -> dict:
-    """The default of each input in `names` of `node_class`, read from its INPUT_TYPES (combo: first option)."""
-    required = node_class.INPUT_TYPES()["required"]
+    """The default of each input in `names` of `node_class` (required or optional), read from its INPUT_TYPES
+    (combo without a default: its first option)."""
+    declared = node_class.INPUT_TYPES()
+    inputs = {**declared["required"], **declared.get("optional", {})}
     defaults = {}
     for name in names:
-        kind, *options = required[name]
+        kind, *options = inputs[name]
         spec = options[0] if options else {}
         defaults[name] = spec["default"] if "default" in spec else kind[0]
     return defaults
