@@ -4,7 +4,8 @@ The letters model (benchmarks/letters/: an SD3-architecture MMDiT, a TAESD-forma
 installed into the host's model folders; then, for "the letter R" and "the letter g" (CLIP lower-cases
 prompts; the model draws capitals), one batch of 8 is sampled from the same seed four times: plain (stock
 KSampler), with the Repulsive KSampler at its node defaults, with the Repulsive KSampler in the space of the
-font embedder that the pack's Train Style Embedder learnt from this model, and with Contextual Repulsion at
+font embedder that the pack's Train Style Embedder learnt from this model (collision objective, strength 2),
+and with Contextual Repulsion at
 its defaults (but the block range, see CONTEXTUAL_BLOCKS). The judges (a font and a letter classifier trained on clean renders) label every glyph.
 Writes `output/demo/letters.png` (one labelled row per prompt and run) and `output/demo/numbers.json`
 (distinct fonts, Vendi of the font judge's features, letter accuracy per row). Run it with `make demo`.
@@ -28,6 +29,9 @@ OUTPUT = comfy_host.REPO / "output" / "demo"
 BATCH, SIZE, SEED = 8, 64, 2026
 PROMPTS = {"R": "the letter R", "G": "the letter g"}
 RUNS = ("plain", "repulsion (node defaults)", "repulsion in the font embedder", "contextual repulsion")
+# The font embedder outputs class probabilities; the sampler's collision objective at strength 2 is what did
+# best with them (benchmarks/RESULTS.md, section 4).
+FONT_EMBEDDER_REPULSION = {"objective": "collision", "strength": 2.0}
 # The contextual node's default block range (the middle third) holds no block of this two-block model; its
 # first block is the one whose text stream feeds the rest (the last SD3 block emits no text stream).
 CONTEXTUAL_BLOCKS = {"block_start": 0.0, "block_end": 0.5}
@@ -70,7 +74,7 @@ def demo_graph(object_info: dict, names: dict, sampling: dict) -> dict:
             "plain": ("KSampler", {**common, "model": ["model", 0]}),
             "repulsion (node defaults)": ("ParticleRepulsionKSampler", {**common, **repulsion, "model": ["model", 0]}),
             "repulsion in the font embedder": ("ParticleRepulsionKSampler", {
-                **common, **repulsion, "model": ["model", 0], "embedder": ["fonts", 0]}),
+                **common, **repulsion, **FONT_EMBEDDER_REPULSION, "model": ["model", 0], "embedder": ["fonts", 0]}),
             "contextual repulsion": ("KSampler", {**common, "model": ["contextual_model", 0]}),
         }
         for index, run in enumerate(RUNS):
