@@ -24,8 +24,10 @@ NEGATIVE = "blurry, low quality"
 SEED = 42
 COLUMN = 360
 SAMPLER_ROW = 700  # a Repulsive KSampler with all its widgets is about 650 px tall
-REPULSION = {"strength": 0.3, "strength_mode": "relative", "space": "noisy", "kernel": "rbf", "bandwidth": 0.0,
-             "start": 0.0, "end": 1.0}
+# The repulsion widgets as the nodes ship them; STYLE_REPULSION for a style embedder's class probabilities.
+REPULSION = {"strength": 0.5, "strength_mode": "relative", "space": "denoised", "kernel": "rbf", "bandwidth": 0.0,
+             "start": 0.0, "end": 1.0, "objective": "log_vendi"}
+STYLE_REPULSION = {**REPULSION, "strength": 1.0, "objective": "collision"}
 SAMPLING = {"seed": SEED, "steps": 20, "cfg": 7.0, "sampler_name": "euler_ancestral", "scheduler": "karras",
             "denoise": 1.0}
 STYLE_FILE = "my_styles"
@@ -62,11 +64,12 @@ def repulsive_batch() -> list[WorkflowNode]:
         note("about", (0, SAMPLER_ROW + 420), (
             "Repulsive batch vs plain batch\n\n"
             "Both samplers start from the same seed and batch. The Repulsive KSampler pushes the four images "
-            "apart at every step, so the lower row should vary more (composition, colour) than the upper one.\n\n"
-            "strength (relative): 0.1 subtle, 0.3 clear, 0.6+ strong; too high costs fidelity.\n"
-            "start/end: limit repulsion to part of the schedule; early steps decide composition, so end=0.6 "
-            "keeps the details intact.\n"
-            "space: noisy (thesis) or denoised (Particle Guidance style).\n"
+            "apart while they are still mostly noise, so the lower row should vary more (composition, colour) "
+            "than the upper one.\n\n"
+            "The defaults work on every model family (SD1.5, SDXL, v-prediction, SD3, Flux, turbo): strength 0.5 "
+            "is clear at a small cost, 1-2 strong. The push fades out as the images become clean and never runs "
+            "along their noise, so it cannot leave noise behind.\n"
+            "objective: log_vendi (the batch's entropy) by default; kernel_sum is the thesis's SVGD term.\n"
             "For SDXL, load an SDXL checkpoint and use 1024x1024: nothing else changes."), size=(680, 260)),
     ]
 
@@ -166,19 +169,21 @@ def diversity_report() -> list[WorkflowNode]:
 def style_embedder_repulsion() -> list[WorkflowNode]:
     return [
         *sd15_inputs(),
-        WorkflowNode("style", "ParticleRepulsionLoadStyleEmbedder", (COLUMN, 0), {"style_embedder": f"{STYLE_FILE}.safetensors"}),
+        WorkflowNode("style", "ParticleRepulsionLoadStyleEmbedder", (COLUMN, 0),
+                     {"style_embedder": f"{STYLE_FILE}.safetensors", "output": "class_probabilities"}),
         WorkflowNode("summary", "PreviewAny", (COLUMN, 160), links={"source": ("style", 1)}, size=(320, 200)),
-        WorkflowNode("repelled", "ParticleRepulsionKSampler", (2 * COLUMN, 0), {**SAMPLING, **REPULSION, "strength": 0.4},
+        WorkflowNode("repelled", "ParticleRepulsionKSampler", (2 * COLUMN, 0), {**SAMPLING, **STYLE_REPULSION},
                      {**SAMPLER_LINKS, "embedder": ("style", 0)}, title="Repelled in style space"),
         *decoded_and_saved("repelled", 3 * COLUMN, 0, "repulsion/style"),
         note("about", (0, 900), (
             "Repel in a trained style classifier's space\n\n"
             "Load Style Embedder lists models/style_embedders/ (train one with the 'train style embedder from "
-            "prompts' workflow, or the CLI scripts/train_style_embedder.py on a folder of images). The batch is "
-            "pushed apart in the classifier's feature space, so the images spread over the styles it knows.\n\n"
+            "prompts' workflow, or the CLI scripts/train_style_embedder.py on a folder of images). With its class "
+            "probabilities and the collision objective, each image is pushed out of the styles the others "
+            "already hold, so the batch spreads over the styles it knows.\n\n"
             "The classifier must match the model's latents (4 channels for SD1.5/SDXL, 16 for SD3/Flux); a "
-            "mismatch stops with a clear message. Put a Gram (Style) Embedder between the loader and the sampler "
-            "to compare texture statistics instead of the features themselves."), size=(680, 240)),
+            "mismatch stops with a clear message. For the thesis's behaviour, set output = features and objective "
+            "= kernel_sum (a Gram (Style) Embedder in between compares texture statistics)."), size=(680, 240)),
     ]
 
 
@@ -262,31 +267,20 @@ def contextual_sd35() -> list[WorkflowNode]:
                                 "cond and uncond are repelled separately.")
 
 
-def repulsion_defaults(object_info: dict) -> dict:
-    """The Repulsive KSampler's own widgets (those the stock KSampler lacks) at the defaults the server reports."""
-    stock = object_info["KSampler"]["input"]["required"]
-    own = {name: spec for name, spec in object_info["ParticleRepulsionKSampler"]["input"]["required"].items()
-           if name not in stock}
-    return {name: spec[1]["default"] if len(spec) > 1 and "default" in spec[1] else spec[0][0]
-            for name, spec in own.items()}
-
-
-def letters_font_diversity(object_info: dict) -> list[WorkflowNode]:
+def letters_font_diversity() -> list[WorkflowNode]:
     """The letters model trained in this repository (benchmarks/letters/, installed by `make demo` or
-    `benchmarks/letters/install.py`): a font embedder trained from the model's own outputs with the pack's
-    nodes, then one seed sampled plain, repelled in that embedder's space, and with contextual repulsion."""
+    `benchmarks/letters/install.py`, with its font embedder trained by the pack's own Style Latents from
+    Prompts + Train Style Embedder): one seed sampled plain, repelled in the font embedder's space, and
+    with contextual repulsion."""
     sys.path.insert(0, str(comfy_host.REPO / "benchmarks"))
-    from letters import font_embedder
     from letters import install as letters_files
-    from letters.glyphs import caption
-    from letters.models import load_styles
     from letters.pipeline import SAMPLING as LETTERS_SAMPLING
 
     text_links = {"clip": ("text_encoders", 0)}
-    model_and_clip = {"model": ("model", 0), "clip": ("text_encoders", 0)}
     prompts = {"positive": ("positive", 0), "negative": ("negative", 0), "latent_image": ("latent", 0)}
     sampling = {**LETTERS_SAMPLING, "seed": SEED}
-    drawing = {key: LETTERS_SAMPLING[key] for key in ("steps", "cfg", "sampler_name", "scheduler")}
+    # A 2-block model has no block in the default middle third: the contextual node acts on the first half.
+    contextual = {**CONTEXTUAL, "block_start": 0.0, "block_end": 0.5}
     nodes = [
         WorkflowNode("model", "UNETLoader", (0, 0), {"unet_name": letters_files.UNET_NAME, "weight_dtype": "default"}),
         WorkflowNode("text_encoders", "CLIPLoader", (0, 140), {"clip_name": letters_files.CLIP_NAME, "type": "sd3"}),
@@ -294,19 +288,14 @@ def letters_font_diversity(object_info: dict) -> list[WorkflowNode]:
         WorkflowNode("negative", "CLIPTextEncode", (0, 560), {"text": ""}, text_links, title="Negative prompt"),
         WorkflowNode("latent", "EmptySD3LatentImage", (0, 820), {"width": 64, "height": 64, "batch_size": 8}),
         WorkflowNode("vae", "VAELoader", (0, 1000), {"vae_name": letters_files.VAE_NAME}),
-        WorkflowNode("font_latents", "ParticleRepulsionStyleLatentsFromPrompts", (COLUMN, 0), {
-            "styles": "\n".join(load_styles()["styles"]), "subjects": "\n".join(caption(letter) for letter in "AGKMRW"),
-            "images_per_prompt": 1, "trajectory_points": font_embedder.TRAJECTORY_POINTS,
-            "seed": font_embedder.SEED, "width": 64, "height": 64, **drawing}, model_and_clip, size=(360, 620)),
-        WorkflowNode("font_embedder", "ParticleRepulsionTrainStyleEmbedder", (COLUMN, 680), {
-            "file_name": "letters_fonts", "epochs": font_embedder.EPOCHS, "overwrite": True},
-            {"model": ("model", 0), "style_latents": ("font_latents", 0)}),
-        WorkflowNode("contextual_model", "ParticleRepulsionContextual", (COLUMN, 2 * SAMPLER_ROW + 300), CONTEXTUAL,
+        WorkflowNode("font_embedder", "ParticleRepulsionLoadStyleEmbedder", (COLUMN, 0),
+                     {"style_embedder": letters_files.FONTS_EMBEDDER_NAME, "output": "class_probabilities"}),
+        WorkflowNode("contextual_model", "ParticleRepulsionContextual", (COLUMN, 2 * SAMPLER_ROW + 300), contextual,
                      {"model": ("model", 0)}),
     ]
     rows = (("plain", "KSampler", {"model": ("model", 0)}, {}, "Plain batch"),
             ("fonts_repelled", "ParticleRepulsionKSampler", {"model": ("model", 0), "embedder": ("font_embedder", 0)},
-             repulsion_defaults(object_info), "Repelled in the font embedder (same seed)"),
+             {**STYLE_REPULSION, "strength": 2.0}, "Repelled in the font embedder (same seed)"),
             ("contextual", "KSampler", {"model": ("contextual_model", 0)}, {}, "Contextual repulsion (same seed)"))
     for row, (key, node_type, links, settings, title) in enumerate(rows):
         y = row * SAMPLER_ROW
@@ -319,10 +308,11 @@ def letters_font_diversity(object_info: dict) -> list[WorkflowNode]:
     nodes.append(note("about", (0, 1160), (
         "Letters in many fonts: a model trained in this repository\n\n"
         "A small SD3-architecture model draws capital letters ('the letter R') in 24 fonts; a plain batch "
-        "mostly repeats the common fonts. Style Latents from Prompts and Train Style Embedder learn a font "
-        "classifier from the model's own drawings ('the letter R by <font>', 6 letters here; a minute or two on "
-        "a CPU, cached afterwards; benchmarks/letters/ trains it on all 26); repelling in its space spreads the batch over more fonts with the same letter. "
-        "Contextual repulsion pushes the text tokens apart inside the transformer instead.\n\n"
+        "mostly repeats the common fonts. Its font embedder was learnt from the model's own drawings ('the letter "
+        "R by <font>') with Style Latents from Prompts and Train Style Embedder (the 'train style embedder from "
+        "prompts' workflow shows how). Repelling in its space with the collision objective spreads the batch over "
+        "more fonts with the same letter; contextual repulsion pushes the text tokens apart inside the "
+        "transformer instead.\n\n"
         "Install the model files with `make demo` or `python benchmarks/letters/install.py` (ComfyUI's Python)."),
         size=(340, 420)))
     return nodes
@@ -339,7 +329,7 @@ def catalogue(object_info: dict) -> dict[str, list[WorkflowNode]]:
         "train_style_embedder_from_prompts": train_style_embedder_from_prompts(),
         "contextual_repulsion_flux": contextual_flux(),
         "contextual_repulsion_sd35": contextual_sd35(),
-        "letters_font_diversity": letters_font_diversity(object_info),
+        "letters_font_diversity": letters_font_diversity(),
     }
 
 
