@@ -75,6 +75,16 @@ def style_training(comfy):
     return style_training
 
 
+@pytest.fixture(scope="session")
+def letters_model(comfy) -> set[str]:
+    """The letters model trained in this repository (benchmarks/letters/), installed into the host's model
+    folders; the names of its files."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from letters import install as letters_install
+
+    return {path.name for path in letters_install.install().values()}
+
+
 @pytest.fixture(scope="module")
 def tiny_files(tiny_checkpoint) -> dict[str, str]:
     """File names of the tiny models that replace the real ones in the web UI tests' workflows."""

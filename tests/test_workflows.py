@@ -4,7 +4,8 @@ The frontend itself converts each UI-format workflow to the API format (`app.gra
 order and the seed's control value are handled by ComfyUI's own code. Before execution the prompt is
 adapted to this CPU-only machine: model files swapped for the tiny test models, images 64 px, 2 steps.
 Text encoders with T5-XXL cannot be made tiny (ComfyUI fixes their size), so loaders of them are replaced
-by the tiny checkpoint, whose CLIP-L conditioning the tiny Flux and SD3 models take.
+by the tiny checkpoint, whose CLIP-L conditioning the tiny Flux and SD3 models take. The letters model
+trained in this repository is installed first, and its workflow runs on it as it is.
 
 The test host has none of the real model files the workflows name. Newer frontends (1.58+) flag the
 loaders of such files and show a notice over the canvas; the test checks that the frontend flags nothing
@@ -34,7 +35,7 @@ MISSING_MODELS_NOTICE_CLOSE = "[data-testid=error-overlay-dismiss]"  # frontend 
 
 
 @pytest.fixture(scope="module")
-def page(server, tiny_files, style_embedders_folder):
+def page(server, tiny_files, style_embedders_folder, letters_model):
     """The web UI, opened once every model file the tests provide is on the server (the frontend reads the
     file lists once, at load, and newer ones flag files they did not see)."""
     from playwright.sync_api import sync_playwright
@@ -109,13 +110,15 @@ def errors_naming_the_pack(messages: list[str]) -> list[str]:
             if message.startswith(("error", "pageerror")) and any(marker in message.lower() for marker in PACK_MARKERS)]
 
 
-def adapted_for_cpu(prompt: dict, tiny: dict[str, str]) -> dict:
-    """The API prompt with the tiny models, 64 px latents and 2 steps (batch sizes untouched).
+def adapted_for_cpu(prompt: dict, tiny: dict[str, str], present: set[str]) -> dict:
+    """The API prompt with the tiny models in place of the files the host lacks (files in `present` stay),
+    64 px latents and 2 steps (batch sizes untouched).
 
     A trained style embedder gets a file name of its own, so runs never collide with an existing file.
     """
     adapted = json.loads(json.dumps(prompt))
-    replaced_encoders = {node_id for node_id, node in adapted.items() if node["class_type"] in TEXT_ENCODER_LOADERS}
+    replaced_encoders = {node_id for node_id, node in adapted.items()
+                         if node["class_type"] in TEXT_ENCODER_LOADERS and not present >= set(model_files(node))}
     for node_id in replaced_encoders:
         adapted[node_id] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny["checkpoint"]}}
     for node in adapted.values():
@@ -123,11 +126,11 @@ def adapted_for_cpu(prompt: dict, tiny: dict[str, str]) -> dict:
         for name, value in inputs.items():
             if isinstance(value, list) and len(value) == 2 and value[0] in replaced_encoders:
                 inputs[name] = [value[0], CHECKPOINT_CLIP_OUTPUT]
-        if "ckpt_name" in inputs:
+        if inputs.get("ckpt_name") not in present | {None}:
             inputs["ckpt_name"] = tiny["checkpoint"]
-        if "unet_name" in inputs:
+        if inputs.get("unet_name") not in present | {None}:
             inputs["unet_name"] = tiny["flux" if "flux" in inputs["unet_name"].lower() else "sd3"]
-        if "vae_name" in inputs:
+        if inputs.get("vae_name") not in present | {None}:
             inputs["vae_name"] = tiny["vae"]
         if node["class_type"] == "ParticleRepulsionTrainStyleEmbedder":
             inputs["file_name"] = f"test_workflow_{uuid.uuid4().hex[:8]}"
@@ -137,8 +140,14 @@ def adapted_for_cpu(prompt: dict, tiny: dict[str, str]) -> dict:
     return adapted
 
 
+def model_files(node: dict) -> list[str]:
+    """The model file names a loader node's inputs name (clip_name, clip_name1, ...)."""
+    return [value for name, value in node["inputs"].items() if name.startswith("clip_name") and isinstance(value, str)]
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
-def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_files, style_embedders_folder):
+def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_files, style_embedders_folder,
+                                               letters_model):
     workflow = json.loads(path.read_text())
     open_workflow(page, workflow)
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
@@ -153,7 +162,11 @@ def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_fi
 
     assert {node["class_type"] for node in prompt.values()} >= {
         node["type"] for node in workflow["nodes"] if node["type"] not in ("Note", "MarkdownNote")}
-    server.run(adapted_for_cpu(prompt, tiny_files), timeout=900)
+    adapted = adapted_for_cpu(prompt, tiny_files, letters_model)
+    named = {value for node in adapted.values() for value in node["inputs"].values() if isinstance(value, str)}
+    if path.stem.startswith("letters"):
+        assert named >= letters_model, "the letters workflow must run on the letters model itself"
+    server.run(adapted, timeout=900)
 
 
 def test_the_report_shows_on_the_node_after_a_run_from_the_web_ui(page, server, tiny_checkpoint):
