@@ -19,7 +19,7 @@ NODES = {
     "ParticleRepulsionTrainStyleEmbedder": (TrainStyleEmbedder, "Train Style Embedder"),
     "ParticleRepulsionDiversityMetric": (DiversityMetric, "Diversity Metric"),
     "ParticleRepulsionDiversityCompare": (DiversityCompare, "Diversity Compare"),
-    "ParticleRepulsionContextual": (ContextualRepulsion, "Contextual Repulsion (Flux/SD3)"),
+    "ParticleRepulsionContextual": (ContextualRepulsion, "Contextual Repulsion (transformers)"),
 }
 
 NODE_CLASS_MAPPINGS = {node_id: node_class for node_id, (node_class, _) in NODES.items()}
