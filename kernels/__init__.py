@@ -10,7 +10,7 @@ from .objectives import (
     Objective,
     make_objective,
 )
-from .repulsion import Embedder, Repulsion, repulsion, repulsion_force
+from .repulsion import Embedder, NonFiniteFeatures, Repulsion, repulsion, repulsion_force
 from .similarity import (
     DEFAULT_COLLISION_TEMPERATURE,
     KERNEL_NAMES,
@@ -42,6 +42,7 @@ __all__ = [
     "Kernel",
     "KernelSum",
     "LogVendiEntropy",
+    "NonFiniteFeatures",
     "Objective",
     "RBFKernel",
     "Repulsion",

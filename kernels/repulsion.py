@@ -26,6 +26,10 @@ from .objectives import Objective
 Embedder = Callable[[Tensor], Tensor]
 
 
+class NonFiniteFeatures(ValueError):
+    """The embedder returned NaN or infinite features: the repulsion cannot be computed from them."""
+
+
 @dataclass(frozen=True)
 class Repulsion:
     """The outcome of one repulsion evaluation.
@@ -79,4 +83,6 @@ def _embed(embed: Embedder, particles: Tensor) -> Tensor:
     if not features.requires_grad:
         raise ValueError("the embedder's output does not depend differentiably on the latent "
                          "(it was detached or computed without gradients), so it cannot steer repulsion")
+    if not torch.isfinite(features).all():
+        raise NonFiniteFeatures("the embedder returned NaN or infinite features")
     return features.to(torch.float32)

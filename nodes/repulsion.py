@@ -13,7 +13,7 @@ import comfy.model_management
 import comfy.samplers
 import torch
 
-from ..kernels import Objective, repulsion_force
+from ..kernels import NonFiniteFeatures, Objective, repulsion_force
 from ..kernels.guidance import NoiseLevel, RepulsionSettings, denoised_shift, in_window
 from .embedder_recipes import BuiltinEmbedderRecipe, EmbedderRecipe
 
@@ -51,13 +51,12 @@ class Repulsion:
         comfy.model_management.throw_exception_if_processing_interrupted()
         require_finite(x, "the sampler's latent", sigma_value)
         require_finite(denoised, "the model's prediction", sigma_value)
-        shift = self._shift(denoised, x, sigma, sigma_value, model)
+        try:
+            shift = self._shift(denoised, x, sigma, sigma_value, model)
+        except NonFiniteFeatures as error:
+            raise self._non_finite_push(sigma_value) from error
         if not torch.isfinite(shift).all():
-            raise ValueError(
-                f"Particle Repulsion: the push computed in the {self.recipe.label} embedder's space is NaN or "
-                f"infinite at sigma={sigma_value:.4g}, while the model's prediction is finite. The embedder "
-                "(e.g. a style embedder with broken weights) or extreme repulsion settings (strength, bandwidth) "
-                "caused it; the latent is fine.")
+            raise self._non_finite_push(sigma_value)
         if denoise_mask is not None:
             shift = shift * denoise_mask
         return denoised - shift.to(denoised.dtype)
@@ -70,6 +69,14 @@ class Repulsion:
         force = repulsion_force(particles, lambda latents: embedder(latents, embedder_sigma), self.objective)
         level = noise_level(getattr(model, "model_sampling", None), sigma_value)
         return denoised_shift(force, denoised, x, sigma_value, level, self.settings)
+
+    def _non_finite_push(self, sigma_value: float) -> ValueError:
+        """The error for a push that came out NaN or infinite from a finite latent and prediction."""
+        return ValueError(
+            f"Particle Repulsion: the push computed in the {self.recipe.label} embedder's space is NaN or "
+            f"infinite at sigma={sigma_value:.4g}, while the model's prediction is finite. The embedder "
+            "(e.g. a style embedder with broken weights) or extreme repulsion settings (strength, bandwidth) "
+            "caused it; the latent is fine.")
 
     def _embedder_for(self, particles: torch.Tensor, latent_format) -> torch.nn.Module:
         key = (particles.shape[1], particles.device)

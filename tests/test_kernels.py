@@ -13,6 +13,7 @@ from particle_repulsion.kernels import (
     CosineKernel,
     IMQKernel,
     KernelSum,
+    NonFiniteFeatures,
     RBFKernel,
     make_kernel,
     median_bandwidth,
@@ -331,3 +332,5 @@ def test_embedder_mistakes_are_explained():
         kernel_sum_force(batch, lambda batch: batch, RBFKernel())
     with pytest.raises(ValueError, match="differentiabl"):
         kernel_sum_force(batch, lambda batch: batch.flatten(1).detach(), RBFKernel())
+    with pytest.raises(NonFiniteFeatures, match="NaN or infinite features"):
+        kernel_sum_force(batch, lambda batch: batch.flatten(1) * math.inf, RBFKernel())
