@@ -271,7 +271,7 @@ def letters_font_diversity() -> list[WorkflowNode]:
     """The letters model trained in this repository (benchmarks/letters/, installed by `make demo` or
     `benchmarks/letters/install.py`, with its font embedder trained by the pack's own Style Latents from
     Prompts + Train Style Embedder): one seed sampled plain, repelled in the font embedder's space, and
-    with contextual repulsion."""
+    with contextual repulsion; Diversity Compare measures the first two in the font embedder's space."""
     sys.path.insert(0, str(comfy_host.REPO / "benchmarks"))
     from letters import install as letters_files
     from letters.pipeline import SAMPLING as LETTERS_SAMPLING
@@ -305,6 +305,12 @@ def letters_font_diversity() -> list[WorkflowNode]:
             WorkflowNode(f"{key}_preview", "PreviewImage", (4 * COLUMN + 40, y), links={"images": (f"{key}_decode", 0)},
                          title=title, size=(400, 300)),
         ]
+    nodes.append(WorkflowNode(
+        "compare", "ParticleRepulsionDiversityCompare", (5 * COLUMN + 120, 0),
+        {"features": "auto", "aspect": "whole", "prompt_groups": 1, "label_a": "plain",
+         "label_b": "font embedder", "plot_width": 512, "plot_height": 768},
+        {"latent_a": ("plain", 0), "latent_b": ("fonts_repelled", 0), "embedder": ("font_embedder", 0)},
+        title="Diversity in the font embedder's space", size=(520, 1100)))
     nodes.append(note("about", (0, 1160), (
         "Letters in many fonts: a model trained in this repository\n\n"
         "A small SD3-architecture model draws capital letters ('the letter R') in 24 fonts; a plain batch "
@@ -312,7 +318,8 @@ def letters_font_diversity() -> list[WorkflowNode]:
         "R by <font>') with Style Latents from Prompts and Train Style Embedder (the 'train style embedder from "
         "prompts' workflow shows how). Repelling in its space with the collision objective spreads the batch over "
         "more fonts with the same letter; contextual repulsion pushes the text tokens apart inside the "
-        "transformer instead.\n\n"
+        "transformer instead. Diversity Compare measures the plain and the font-repelled batch in the font "
+        "embedder's space.\n\n"
         "Install the model files with `make demo` or `python benchmarks/letters/install.py` (ComfyUI's Python)."),
         size=(340, 420)))
     return nodes

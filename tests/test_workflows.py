@@ -19,14 +19,12 @@ import pytest
 
 import comfy_host
 from conftest import ARTIFACTS, REPO, STYLE_FILE_IN_WORKFLOWS
+from web_ui import load_app, open_workflow, opened_web_ui, queue_from_the_ui
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 SCREENSHOTS = ARTIFACTS / "workflows"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"]
 PACK_MARKERS = ("particlerepulsion", "particle_repulsion", "particle-repulsion")
 CPU_LIMITS = {"width": 64, "height": 64, "steps": 2}
-FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
 TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader"}
 CHECKPOINT_CLIP_OUTPUT = 1
 PACK_SCRIPT_URL_PART = f"/extensions/{comfy_host.PACK_LINK_NAME}/"
@@ -38,12 +36,7 @@ MISSING_MODELS_NOTICE_CLOSE = "[data-testid=error-overlay-dismiss]"  # frontend 
 def page(server, tiny_files, style_embedders_folder, letters_model):
     """The web UI, opened once every model file the tests provide is on the server (the frontend reads the
     file lists once, at load, and newer ones flag files they did not see)."""
-    from playwright.sync_api import sync_playwright
-
-    server.post_json("/settings", FIRST_RUN_DONE)  # no Templates dialog over the canvas
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=comfy_host.CHROMIUM, args=CHROMIUM_FLAGS)
-        browser_page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    with opened_web_ui(server) as browser_page:
         browser_page.console_messages_seen = []
         browser_page.pack_scripts_loaded = []
         browser_page.on("console", lambda message: browser_page.console_messages_seen.append(
@@ -51,19 +44,9 @@ def page(server, tiny_files, style_embedders_folder, letters_model):
         browser_page.on("pageerror", lambda error: browser_page.console_messages_seen.append(f"pageerror: {error}"))
         browser_page.on("response", lambda response: browser_page.pack_scripts_loaded.append(response.url)
                         if PACK_SCRIPT_URL_PART in response.url and response.ok else None)
-        browser_page.goto(server.url)
-        browser_page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+        load_app(browser_page, server.url)
         browser_page.console_messages_at_load = list(browser_page.console_messages_seen)
         yield browser_page
-        browser.close()
-
-
-def open_workflow(page, workflow: dict) -> None:
-    page.console_messages_seen.clear()
-    page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
-    page.wait_for_timeout(500)  # let the canvas lay the nodes out before fitting the view to them
-    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
-    page.wait_for_timeout(200)
 
 
 def flagged_node_ids(page) -> set[str]:
@@ -149,6 +132,7 @@ def model_files(node: dict) -> list[str]:
 def test_workflow_opens_in_the_web_ui_and_runs(path: Path, page, server, tiny_files, style_embedders_folder,
                                                letters_model):
     workflow = json.loads(path.read_text())
+    page.console_messages_seen.clear()
     open_workflow(page, workflow)
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
     flagged, naming_absent_files = flagged_node_ids(page), nodes_naming_absent_files(prompt, server.object_info())
@@ -179,7 +163,7 @@ def test_the_report_shows_on_the_node_after_a_run_from_the_web_ui(page, server, 
         if node["type"] in ("KSampler", "ParticleRepulsionKSampler"):
             node["widgets_values"][2] = 2  # steps
     open_workflow(page, workflow)
-    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    queue_from_the_ui(page)
     report = page.wait_for_function("""() => {
         const node = window.app.graph._nodes.find((n) => n.type === "ParticleRepulsionDiversityCompare");
         const widget = node?.widgets?.find((w) => w.name === "report_text");
