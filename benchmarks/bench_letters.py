@@ -150,12 +150,12 @@ def cads(settings: dict) -> Callable:
     return run
 
 
-def load_font_embedder():
+def load_font_embedder(output: str = "class_probabilities"):
     """The font embedder the pack's Train Style Embedder learnt from this model (train.py), through the pack's
-    Load Style Embedder node; the EMBEDDER and its summary."""
+    Load Style Embedder node with its `output`; the EMBEDDER and its summary."""
     register_model_folders()
     install(folders=("style_embedders",))
-    return LoadStyleEmbedder().load(FONTS_EMBEDDER_NAME)
+    return LoadStyleEmbedder().load(FONTS_EMBEDDER_NAME, output)
 
 
 def sample_and_judge(model: pipeline.Letters, method: Method, letter: str, seed: int) -> tuple[dict, float, torch.Tensor]:
@@ -275,6 +275,7 @@ def main() -> None:
     with torch.inference_mode():
         model = pipeline.load()
         embedder, report = load_font_embedder()
+        feature_embedder, _ = load_font_embedder("features")
         print(report, flush=True)
         calibrated, calibration_rows = calibrate_contextual(model, arguments.calibration_seeds)
         methods = [
@@ -284,6 +285,12 @@ def main() -> None:
             Method("Repulsive KSampler + style embedder, collision objective", repulsive(embedder, objective="collision")),
             Method("Repulsive KSampler + style embedder, collision, strength 2", repulsive(embedder, objective="collision",
                                                                                          strength=2.0)),
+            Method("Repulsive KSampler + style embedder, collision, strength 3", repulsive(embedder, objective="collision",
+                                                                                         strength=3.0)),
+            Method("Repulsive KSampler + style embedder features, log_vendi, strength 2",
+                   repulsive(feature_embedder, strength=2.0)),
+            Method("Repulsive KSampler + style embedder features, log_vendi, strength 4",
+                   repulsive(feature_embedder, strength=4.0)),
             Method("Contextual Repulsion, node defaults", contextual(contextual_defaults())),
             Method("Contextual Repulsion, paper's settings", contextual(paper_contextual())),
             Method("Contextual Repulsion, calibrated", contextual(calibrated)),
