@@ -38,21 +38,15 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO / "scripts"))
+from common import REPO, RESULTS, markdown_table  # puts scripts/ and ComfyUI on the path, the pack registered
 
-import tiny_models  # noqa: E402  (puts ComfyUI on the path, CPU only)
+import tiny_models  # noqa: E402
 import tiny_taesd  # noqa: E402
-from comfy_host import register_pack_namespace  # noqa: E402
-
-register_pack_namespace()
 
 import comfy.clip_model  # noqa: E402
 import comfy.latent_formats  # noqa: E402
@@ -241,14 +235,13 @@ def markdown(rows: list[dict], header: dict) -> str:
              f"{header['unet_parameters'] / 1e6:.1f} M parameters, {statistics.median(header['unet_seconds']):.1f} s "
              f"per evaluation (median of {len(header['unet_seconds'])}), peak extra "
              f"{header['unet_peak_extra_mib']:.0f} MiB.", "",
-             "| embedder | objective | time / UNet step | budget | met | ms per call | peak extra MiB "
-             "| x latent batch | share of UNet peak | resident MiB |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        lines.append(f"| {row['embedder']} | {row['objective']} | {row['ratio']:.2%} | {row['budget']:.0%} | "
-                     f"{'yes' if row['met'] else 'NO'} | {1e3 * statistics.median(row['seconds_per_round']):.1f} | "
-                     f"{row['peak_extra_mib']:.1f} | {row['peak_per_latent_batch']:.1f} | "
-                     f"{row['peak_share_of_unet']:.2%} | {row['resident_mib']:.0f} |")
+             markdown_table(
+                 ["embedder", "objective", "time / UNet step", "budget", "met", "ms per call", "peak extra MiB",
+                  "x latent batch", "share of UNet peak", "resident MiB"],
+                 [[row["embedder"], row["objective"], f"{row['ratio']:.2%}", f"{row['budget']:.0%}",
+                   "yes" if row["met"] else "NO", f"{1e3 * statistics.median(row['seconds_per_round']):.1f}",
+                   f"{row['peak_extra_mib']:.1f}", f"{row['peak_per_latent_batch']:.1f}",
+                   f"{row['peak_share_of_unet']:.2%}", f"{row['resident_mib']:.0f}"] for row in rows])]
     return "\n".join(lines) + "\n"
 
 

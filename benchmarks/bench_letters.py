@@ -39,16 +39,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from letters import pipeline
-from letters.font_embedder import node_defaults
 from letters.glyphs import LETTERS, caption
 from letters.install import FONTS_EMBEDDER_NAME, install
 from letters.pipeline import SAMPLING
 from particle_repulsion.nodes.contextual import ContextualRepulsion
 from particle_repulsion.nodes.embedder_nodes import LoadStyleEmbedder
 from particle_repulsion.nodes.model_folders import register_model_folders
-from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler
+from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler, repulsion_defaults
 
 from common import RESULTS, markdown_table
+from graphs import widget_defaults
 
 BATCH = 8
 # CADS (Sadat et al., ICLR 2024): condition = sqrt(g) y + s sqrt(1 - g) n, g = 0 above sigma tau2, 1 below
@@ -60,17 +60,8 @@ CALIBRATION_LETTERS = tuple("AGKW")
 SHEET_LETTERS = ("R", "G")
 
 
-def repulsion_defaults() -> dict:
-    """The Repulsive KSampler's own widgets (those the stock KSampler lacks, required or optional) at their
-    defaults; the optional EMBEDDER socket is not a widget."""
-    declared = RepulsiveKSampler.INPUT_TYPES()
-    own = {*declared["required"], *declared.get("optional", {})} - set(nodes.KSampler.INPUT_TYPES()["required"])
-    return node_defaults(RepulsiveKSampler, sorted(own - {"embedder"}))
-
-
 def contextual_defaults() -> dict:
-    names = [name for name in ContextualRepulsion.INPUT_TYPES()["required"] if name != "model"]
-    return node_defaults(ContextualRepulsion, names)
+    return widget_defaults(ContextualRepulsion.INPUT_TYPES())
 
 
 def paper_contextual() -> dict:

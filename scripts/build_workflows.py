@@ -274,13 +274,13 @@ def letters_font_diversity() -> list[WorkflowNode]:
     with contextual repulsion; Diversity Compare measures the first two in the font embedder's space."""
     sys.path.insert(0, str(comfy_host.REPO / "benchmarks"))
     from letters import install as letters_files
+    from letters.pipeline import CONTEXTUAL_BLOCKS, FONT_EMBEDDER_OUTPUT, FONT_EMBEDDER_STRENGTH
     from letters.pipeline import SAMPLING as LETTERS_SAMPLING
 
     text_links = {"clip": ("text_encoders", 0)}
     prompts = {"positive": ("positive", 0), "negative": ("negative", 0), "latent_image": ("latent", 0)}
     sampling = {**LETTERS_SAMPLING, "seed": SEED}
-    # A 2-block model has no block in the default middle third: the contextual node acts on the first half.
-    contextual = {**CONTEXTUAL, "block_start": 0.0, "block_end": 0.5}
+    contextual = {**CONTEXTUAL, **CONTEXTUAL_BLOCKS}
     nodes = [
         WorkflowNode("model", "UNETLoader", (0, 0), {"unet_name": letters_files.UNET_NAME, "weight_dtype": "default"}),
         WorkflowNode("text_encoders", "CLIPLoader", (0, 140), {"clip_name": letters_files.CLIP_NAME, "type": "sd3"}),
@@ -289,13 +289,13 @@ def letters_font_diversity() -> list[WorkflowNode]:
         WorkflowNode("latent", "EmptySD3LatentImage", (0, 820), {"width": 64, "height": 64, "batch_size": 8}),
         WorkflowNode("vae", "VAELoader", (0, 1000), {"vae_name": letters_files.VAE_NAME}),
         WorkflowNode("font_embedder", "ParticleRepulsionLoadStyleEmbedder", (COLUMN, 0),
-                     {"style_embedder": letters_files.FONTS_EMBEDDER_NAME, "output": "features"}),
+                     {"style_embedder": letters_files.FONTS_EMBEDDER_NAME, "output": FONT_EMBEDDER_OUTPUT}),
         WorkflowNode("contextual_model", "ParticleRepulsionContextual", (COLUMN, 2 * SAMPLER_ROW + 300), contextual,
                      {"model": ("model", 0)}),
     ]
     rows = (("plain", "KSampler", {"model": ("model", 0)}, {}, "Plain batch"),
             ("fonts_repelled", "ParticleRepulsionKSampler", {"model": ("model", 0), "embedder": ("font_embedder", 0)},
-             {**REPULSION, "strength": 4.0}, "Repelled in the font embedder (same seed)"),
+             {**REPULSION, "strength": FONT_EMBEDDER_STRENGTH}, "Repelled in the font embedder (same seed)"),
             ("contextual", "KSampler", {"model": ("contextual_model", 0)}, {}, "Contextual repulsion (same seed)"))
     for row, (key, node_type, links, settings, title) in enumerate(rows):
         y = row * SAMPLER_ROW

@@ -5,8 +5,8 @@ installed into the host's model folders; then, for "the letter R" and "the lette
 prompts; the model draws capitals), one batch of 8 is sampled from the same seed four times: plain (stock
 KSampler), with the Repulsive KSampler at its node defaults, with the Repulsive KSampler in the space of the
 font embedder that the pack's Train Style Embedder learnt from this model (its features, strength 4), and
-with Contextual Repulsion at its defaults (but the block range, see CONTEXTUAL_BLOCKS). The judges (a font
-and a letter classifier trained on clean renders) label every glyph.
+with Contextual Repulsion at its defaults (but the block range); these settings are in `letters.pipeline`.
+The judges (a font and a letter classifier trained on clean renders) label every glyph.
 Writes `output/demo/letters.png` (one labelled row per prompt and run) and `output/demo/numbers.json`
 (distinct fonts, Vendi of the font judge's features, letter accuracy per row). Run it with `make demo`.
 """
@@ -24,30 +24,14 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import comfy_host  # noqa: E402
+from graphs import widget_defaults  # noqa: E402
+from letters.pipeline import CONTEXTUAL_BLOCKS, FONT_EMBEDDER_OUTPUT, FONT_EMBEDDER_STRENGTH  # noqa: E402
 
 OUTPUT = comfy_host.REPO / "output" / "demo"
 BATCH, SIZE, SEED = 8, 64, 2026
 PROMPTS = {"R": "the letter R", "G": "the letter g"}
 RUNS = ("plain", "repulsion (node defaults)", "repulsion in the font embedder", "contextual repulsion")
-# The font embedder's features with the sampler's default objective (log_vendi) at strength 4: the most
-# fonts within 3 points of i.i.d. letter accuracy (benchmarks/RESULTS.md, section 4).
-FONT_EMBEDDER_OUTPUT = "features"
-FONT_EMBEDDER_REPULSION = {"strength": 4.0}
-# The contextual node's default block range (the middle third) holds no block of this two-block model; its
-# first block is the one whose text stream feeds the rest (the last SD3 block emits no text stream).
-CONTEXTUAL_BLOCKS = {"block_start": 0.0, "block_end": 0.5}
 TILE, LABEL_WIDTH, CAPTION_HEIGHT = 96, 250, 14
-
-
-def node_defaults(object_info: dict, node_type: str, skip: tuple[str, ...]) -> dict:
-    """The server's default of every required input of `node_type` except `skip` (combo: first option)."""
-    defaults = {}
-    for name, (kind, *options) in object_info[node_type]["input"]["required"].items():
-        if name in skip:
-            continue
-        spec = options[0] if options else {}
-        defaults[name] = spec["default"] if "default" in spec else kind[0]
-    return defaults
 
 
 def demo_graph(object_info: dict, names: dict, sampling: dict) -> dict:
@@ -59,14 +43,15 @@ def demo_graph(object_info: dict, names: dict, sampling: dict) -> dict:
         "negative": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": ""}},
         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": BATCH}},
         "fonts": {"class_type": "ParticleRepulsionLoadStyleEmbedder", "inputs": {
-            **node_defaults(object_info, "ParticleRepulsionLoadStyleEmbedder", ("style_embedder",)),
+            **widget_defaults(object_info["ParticleRepulsionLoadStyleEmbedder"]["input"]),
             "style_embedder": names["fonts"], "output": FONT_EMBEDDER_OUTPUT}},
         "contextual_model": {"class_type": "ParticleRepulsionContextual", "inputs": {
-            "model": ["model", 0], **node_defaults(object_info, "ParticleRepulsionContextual", ("model",)),
+            "model": ["model", 0], **widget_defaults(object_info["ParticleRepulsionContextual"]["input"]),
             **CONTEXTUAL_BLOCKS}},
     }
     stock_inputs = set(object_info["KSampler"]["input"]["required"])
-    repulsion = node_defaults(object_info, "ParticleRepulsionKSampler", tuple(stock_inputs))
+    sampler_widgets = widget_defaults(object_info["ParticleRepulsionKSampler"]["input"])
+    repulsion = {name: default for name, default in sampler_widgets.items() if name not in stock_inputs}
     for key, text in PROMPTS.items():
         graph[f"positive_{key}"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["clip", 0], "text": text}}
         common = {**sampling, "seed": SEED, "positive": [f"positive_{key}", 0], "negative": ["negative", 0],
@@ -75,7 +60,8 @@ def demo_graph(object_info: dict, names: dict, sampling: dict) -> dict:
             "plain": ("KSampler", {**common, "model": ["model", 0]}),
             "repulsion (node defaults)": ("ParticleRepulsionKSampler", {**common, **repulsion, "model": ["model", 0]}),
             "repulsion in the font embedder": ("ParticleRepulsionKSampler", {
-                **common, **repulsion, **FONT_EMBEDDER_REPULSION, "model": ["model", 0], "embedder": ["fonts", 0]}),
+                **common, **repulsion, "strength": FONT_EMBEDDER_STRENGTH, "model": ["model", 0],
+                "embedder": ["fonts", 0]}),
             "contextual repulsion": ("KSampler", {**common, "model": ["contextual_model", 0]}),
         }
         for index, run in enumerate(RUNS):
@@ -110,16 +96,15 @@ def main() -> int:
     from comfy_server import ComfyServer
     from letters import install as letters_install
     from letters.glyphs import LETTERS
-    from letters.models import font_judge, letter_judge, load_styles
-    from letters.pipeline import SAMPLING
-    from particle_repulsion.metrics import vendi_score
+    from letters.models import load_styles
+    from letters.pipeline import SAMPLING, load_judges
 
     started = time.perf_counter()
     letters_install.install()
     names = {"unet": letters_install.UNET_NAME, "clip": letters_install.CLIP_NAME, "vae": letters_install.VAE_NAME,
              "fonts": letters_install.FONTS_EMBEDDER_NAME}
     sampling = {key: SAMPLING[key] for key in ("steps", "cfg", "sampler_name", "scheduler", "denoise")}
-    styles, fonts, letters = load_styles()["styles"], font_judge(), letter_judge()
+    styles, judges = load_styles()["styles"], load_judges()
     OUTPUT.mkdir(parents=True, exist_ok=True)
     with ComfyServer(OUTPUT / "comfyui-server.log") as server:
         print(f"[demo] ComfyUI at {server.url}; 2 prompts x {len(RUNS)} runs, batch {BATCH}, {SAMPLING['steps']} steps")
@@ -128,23 +113,18 @@ def main() -> int:
     for key, text in PROMPTS.items():
         for index, run in enumerate(RUNS):
             images = result.images(f"{key}_{index}_save")
-            ink = 1.0 - torch.from_numpy(np.stack(images)).float().mean(dim=-1) / 255.0
-            with torch.no_grad():
-                features = fonts.features(ink)
-                style_indices = fonts.head(features).argmax(dim=1).tolist()
-                letter_indices = letters(ink).argmax(dim=1).tolist()
-            figures = {"distinct_fonts": len(set(style_indices)), "font_vendi": vendi_score(features),
-                       "letter_accuracy": sum(LETTERS[i] == key for i in letter_indices) / len(letter_indices)}
-            numbers[f"{text} | {run}"] = figures
-            summary = (f"{figures['distinct_fonts']} fonts, Vendi {figures['font_vendi']:.2f}, "
+            verdict = judges.verdict(torch.from_numpy(np.stack(images)).float() / 255.0)
+            figures = numbers[f"{text} | {run}"] = verdict.figures(key)
+            summary = (f"{figures['distinct_fonts']} fonts, Vendi {figures['vendi']:.2f}, "
                        f"{100 * figures['letter_accuracy']:.0f}% {key}")
-            captions = [f"{LETTERS[l]} {styles[s][:12]}" for l, s in zip(letter_indices, style_indices)]
+            captions = [f"{LETTERS[letter]} {styles[style][:12]}"
+                        for letter, style in zip(verdict.letters.tolist(), verdict.styles.tolist())]
             rows.append((f'"{text}": {run}', images, captions, summary))
     labelled_grid(rows).save(OUTPUT / "letters.png")
     (OUTPUT / "numbers.json").write_text(json.dumps(numbers, indent=2))
     print(f"{'prompt | run':<62}{'fonts':>6}{'Vendi':>7}{'letter':>8}")
     for label, row in numbers.items():
-        print(f"{label:<62}{row['distinct_fonts']:>6}{row['font_vendi']:>7.2f}{100 * row['letter_accuracy']:>7.0f}%")
+        print(f"{label:<62}{row['distinct_fonts']:>6}{row['vendi']:>7.2f}{100 * row['letter_accuracy']:>7.0f}%")
     print(f"[demo] wrote {OUTPUT / 'letters.png'} and {OUTPUT / 'numbers.json'} in {time.perf_counter() - started:.0f} s")
     return 0
 

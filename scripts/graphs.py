@@ -11,6 +11,21 @@ REPULSION_DEFAULTS = {"strength": 0.0, "strength_mode": "relative", "space": "de
                       "bandwidth": 0.0, "start": 0.0, "end": 1.0, "objective": "log_vendi"}
 
 
+def widget_defaults(declared_inputs: dict) -> dict:
+    """{name: default} of every widget a node declares, from its `INPUT_TYPES()` or its `/object_info`
+    "input" (the same shape): required and optional inputs with a default, combos without one at their
+    first option. Sockets (MODEL, EMBEDDER, ...) have neither and are left out."""
+    defaults = {}
+    for name, (kind, *options) in {**declared_inputs["required"], **declared_inputs.get("optional", {})}.items():
+        spec = options[0] if options else {}
+        choices = kind if isinstance(kind, list) else spec.get("options") if kind == "COMBO" else None
+        if "default" in spec:
+            defaults[name] = spec["default"]
+        elif choices:
+            defaults[name] = choices[0]
+    return defaults
+
+
 @dataclass
 class Graph:
     """An API-format prompt under construction; starts with the tiny checkpoint, two prompts and a latent."""

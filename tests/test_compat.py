@@ -23,17 +23,6 @@ def conditioning(seed: int) -> list:
     return [[tokens, {"pooled_output": torch.randn(1, TEXT_WIDTH, generator=generator)}]]
 
 
-def repulsion_defaults(node_class, strength: float) -> dict:
-    """The node's own defaults for its repulsion widgets (the ones the stock KSampler lacks), at `strength`."""
-    import nodes
-
-    stock_inputs = nodes.KSampler.INPUT_TYPES()["required"]
-    ours = node_class.INPUT_TYPES()["required"]
-    defaults = {name: (options[1]["default"] if "default" in options[1] else options[0][0])
-                for name, options in ours.items() if name not in stock_inputs}
-    return {**defaults, "strength": strength}
-
-
 @pytest.fixture(scope="module")
 def tiny_flux2(comfy):
     """The tiny Flux 2 (latent format with 128 channels and a spatial downscale ratio of 16)."""
@@ -47,7 +36,7 @@ def test_repulsive_ksampler_at_strength_zero_is_the_stock_ksampler_on_a_ratio_16
     resizes it to the model's downscale ratio and drops the ratio from its output), ours does the same."""
     import nodes
 
-    from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler
+    from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler, repulsion_defaults
 
     assert tiny_flux2.get_model_object("latent_format").latent_channels == 128
     shared = {"seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": "euler", "scheduler": "simple",
@@ -56,7 +45,7 @@ def test_repulsive_ksampler_at_strength_zero_is_the_stock_ksampler_on_a_ratio_16
         (empty,) = nodes.EmptyLatentImage().generate(64, 64, 2)
         (stock,) = nodes.KSampler().sample(tiny_flux2, latent_image=dict(empty), **shared)
         (ours,) = RepulsiveKSampler().sample(tiny_flux2, latent_image=dict(empty), **shared,
-                                             **repulsion_defaults(RepulsiveKSampler, 0.0))
+                                             **{**repulsion_defaults(), "strength": 0.0})
     assert stock["samples"].shape[:2] == (2, 128)
     assert set(ours) == set(stock)
     assert torch.equal(ours["samples"], stock["samples"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphs import Graph
+from graphs import CHECKPOINT, REPULSION_DEFAULTS, Graph
 
 
 @pytest.mark.parametrize("name", ["strength", "bandwidth", "end", "cfg"])
@@ -31,8 +31,6 @@ def test_a_nan_input_of_the_repulsive_ksampler_is_refused_by_name(server, tiny_c
 @pytest.mark.parametrize("node_type, base", [("ParticleRepulsionSampler", "sampler"),
                                              ("ParticleRepulsionModelPatch", "model")])
 def test_the_other_repulsion_nodes_refuse_nan_strength_too(server, tiny_checkpoint, node_type, base):
-    from graphs import CHECKPOINT, REPULSION_DEFAULTS
-
     graph = Graph(tiny_checkpoint, batch_size=2)
     graph.add("base_sampler", "KSamplerSelect", sampler_name="euler")
     source = ["base_sampler", 0] if base == "sampler" else [CHECKPOINT, 0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import folder_paths
+from graphs import widget_defaults
 
 from particle_repulsion.embedders import load_style_embedder, save_style_embedder
 from particle_repulsion.nodes.model_folders import STYLE_EMBEDDERS, register_model_folders
@@ -27,19 +28,6 @@ EPOCHS = 30
 SEED = 10_000
 
 
-def node_defaults(node_class, names) -> dict:
-    """The default of each input in `names` of `node_class` (required or optional), read from its INPUT_TYPES
-    (combo without a default: its first option)."""
-    declared = node_class.INPUT_TYPES()
-    inputs = {**declared["required"], **declared.get("optional", {})}
-    defaults = {}
-    for name in names:
-        kind, *options = inputs[name]
-        spec = options[0] if options else {}
-        defaults[name] = spec["default"] if "default" in spec else kind[0]
-    return defaults
-
-
 def train_font_embedder(model: Letters, destination: Path) -> str:
     """Train the font embedder through the pack's nodes and save it to `destination` (with the letters mark in
     its metadata, through the pack's own file functions); the trainer's report."""
@@ -49,7 +37,8 @@ def train_font_embedder(model: Letters, destination: Path) -> str:
         model.model, model.clip, "\n".join(model.styles), "\n".join(caption(letter) for letter in LETTERS),
         images_per_prompt=IMAGES_PER_PROMPT, trajectory_points=TRAJECTORY_POINTS, seed=SEED, width=IMAGE_SIDE,
         height=IMAGE_SIDE, **settings)[0]
-    trainer_defaults = node_defaults(TrainStyleEmbedder, ("batch_size", "validation_fraction", "seed"))
+    trainer_widgets = widget_defaults(TrainStyleEmbedder.INPUT_TYPES())
+    trainer_defaults = {name: trainer_widgets[name] for name in ("batch_size", "validation_fraction", "seed")}
     _, report = TrainStyleEmbedder().train(model.model, style_latents, TRAINING_NAME, overwrite=True, epochs=EPOCHS,
                                            **trainer_defaults)["result"]
     trained = Path(folder_paths.get_full_path_or_raise(STYLE_EMBEDDERS, f"{TRAINING_NAME}.safetensors"))

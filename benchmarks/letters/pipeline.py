@@ -21,6 +21,14 @@ from .models import font_judge, letter_judge, load_styles
 
 # The letters model's sampling settings (SD3-style: Euler, "simple" schedule).
 SAMPLING = {"steps": 20, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
+# Repulsion in the font embedder as the demo and the letters workflow use it: its features with the sampler's
+# default objective (log_vendi) at strength 4, the most fonts within 3 points of i.i.d. letter accuracy
+# (benchmarks/RESULTS.md, section 4).
+FONT_EMBEDDER_OUTPUT = "features"
+FONT_EMBEDDER_STRENGTH = 4.0
+# The contextual node's default block range (the middle third) holds no block of this two-block model; its
+# first block is the one whose text stream feeds the rest (the last SD3 block emits no text stream).
+CONTEXTUAL_BLOCKS = {"block_start": 0.0, "block_end": 0.5}
 
 
 @dataclass(frozen=True)
@@ -37,13 +45,31 @@ class Verdict:
                 "letter_accuracy": (self.letters == LETTERS.index(letter)).float().mean().item()}
 
 
+@dataclass(frozen=True)
+class Judges:
+    """The letter and font judges (CNNs on clean renders; they score batches and never steer)."""
+
+    letter: GlyphJudge
+    font: GlyphJudge
+
+    @torch.no_grad()
+    def verdict(self, images: Tensor) -> Verdict:
+        """The judges on ComfyUI IMAGEs [N, H, W, 3] in [0, 1]."""
+        ink = rgb_to_ink(images)
+        features = self.font.features(ink)
+        return Verdict(self.letter(ink).argmax(dim=1), self.font.head(features).argmax(dim=1), features)
+
+
+def load_judges() -> Judges:
+    return Judges(letter_judge(), font_judge())
+
+
 @dataclass
 class Letters:
     model: object
     clip: object
     vae: object
-    letter_judge: GlyphJudge
-    font_judge: GlyphJudge
+    judges: Judges
     styles: list[str]
     encoded: dict = field(default_factory=dict)
 
@@ -62,11 +88,8 @@ class Letters:
         """VAEDecode's IMAGE [N, 64, 64, 3]."""
         return nodes.VAEDecode().decode(self.vae, latent)[0]
 
-    @torch.no_grad()
     def judge(self, images: Tensor) -> Verdict:
-        ink = rgb_to_ink(images)
-        features = self.font_judge.features(ink)
-        return Verdict(self.letter_judge(ink).argmax(dim=1), self.font_judge.head(features).argmax(dim=1), features)
+        return self.judges.verdict(images)
 
 
 def load() -> Letters:
@@ -75,4 +98,4 @@ def load() -> Letters:
     model = nodes.UNETLoader().load_unet(UNET_NAME, "default")[0]
     clip = nodes.CLIPLoader().load_clip(CLIP_NAME, "sd3")[0]
     vae = nodes.VAELoader().load_vae(VAE_NAME)[0]
-    return Letters(model, clip, vae, letter_judge(), font_judge(), load_styles()["styles"])
+    return Letters(model, clip, vae, load_judges(), load_styles()["styles"])
