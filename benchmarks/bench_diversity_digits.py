@@ -41,6 +41,7 @@ LATENT_SHAPE = (4, 4, 4)
 SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
 FIGURES = ("classes", "confidence", "vendi", "nearest_real")
 TARGET_CLASSES = 9.5  # with a trained style embedder; the node defaults' target (8.0) is in bench_defaults.py
+STYLE_FAMILY = "Train Style Embedder, collision on D"  # the row the target is read from
 TARGET_CONFIDENCE_LOSS = 0.03  # at most 3% lower mean confidence than i.i.d.
 SHEET_SEED = 0
 SHEET_SCALE = 5
@@ -59,7 +60,7 @@ def methods(model, latent_classifier: DigitLatentClassifier) -> list[Method]:
         IID,
         Method("node defaults", "-", node_repulsion),
         *method_family("log_vendi on D (latent)", (0.5, 1.0, 2.0), on_denoised, objective=make_objective("log_vendi")),
-        *method_family("Train Style Embedder, collision on D", (0.5, 1.0, 2.0, 4.0), on_denoised, recipe=style,
+        *method_family(STYLE_FAMILY, (0.5, 1.0, 2.0, 4.0), on_denoised, recipe=style,
                        objective=collision),
         *method_family("MLP classifier, collision on D", (0.5, 1.0, 2.0), on_denoised, recipe=latent_probabilities,
                        objective=collision),
@@ -146,7 +147,8 @@ def main() -> None:
             for sampler_name in SAMPLERS for method in all_methods]
     add_change_vs_iid(rows, "confidence")
     averaged = over_samplers(rows, FIGURES + ("confidence_change_pct", "ms_per_batch"))
-    best = best_within(averaged, BATCH_SIZE, "classes", "confidence_change_pct", -100 * TARGET_CONFIDENCE_LOSS)
+    best = best_within(averaged, BATCH_SIZE, "classes", "confidence_change_pct", -100 * TARGET_CONFIDENCE_LOSS,
+                       STYLE_FAMILY)
     iid = next(row for row in averaged if row["family"] == IID.family)
     verdict = {"batch_size": BATCH_SIZE, "iid_classes": iid["classes"], "iid_confidence": iid["confidence"],
                "best_within_quality": best, "target_classes": TARGET_CLASSES, "met": best["classes"] >= TARGET_CLASSES}

@@ -213,9 +213,12 @@ def over_samplers(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
             for (n, family, setting), members in groups.items()]
 
 
-def best_within(rows: Sequence[dict], batch_size: int, diversity: str, quality_change: str, floor_pct: float) -> dict:
-    """The row at `batch_size` with the highest `diversity` among those whose `quality_change` >= floor_pct."""
-    allowed = [row for row in rows if row["n"] == batch_size and row[quality_change] >= floor_pct]
+def best_within(rows: Sequence[dict], batch_size: int, diversity: str, quality_change: str, floor_pct: float,
+                family: str) -> dict:
+    """The row of `family` at `batch_size` with the highest `diversity` among those whose `quality_change`
+    >= floor_pct."""
+    allowed = [row for row in rows
+               if row["n"] == batch_size and row["family"] == family and row[quality_change] >= floor_pct]
     return max(allowed, key=lambda row: row[diversity])
 
 

@@ -41,6 +41,7 @@ class EpochReport:
     train_accuracy: float
     validation_accuracy: float
     clean_validation_accuracy: float
+    validation_loss: float  # mean cross-entropy on the noisy validation set, weighted as in training
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,9 @@ def train_style_classifier(
         for epoch in range(1, epochs + 1):
             epoch_batches = _batches(training, batch_size, sigma_min, sigma_max, generator)
             loss, train_accuracy = _train_epoch(model, optimiser, epoch_batches, epoch, should_stop)
-            report = EpochReport(epoch, loss, train_accuracy, _accuracy(model, noisy_validation),
-                                 _accuracy(model, clean_validation))
+            noisy_accuracy, noisy_loss = _evaluate(model, noisy_validation)
+            report = EpochReport(epoch, loss, train_accuracy, noisy_accuracy, _evaluate(model, clean_validation)[0],
+                                 noisy_loss)
             history.append(report)
             best.consider(model, report)
             if on_epoch is not None:
@@ -114,9 +116,11 @@ class _BestEpoch:
             self.state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-def _validation_score(report: EpochReport) -> float:
-    """Mean of the noisy and clean validation accuracies: repulsion reads noisy latents or clean predictions."""
-    return (report.validation_accuracy + report.clean_validation_accuracy) / 2
+def _validation_score(report: EpochReport) -> tuple[float, float]:
+    """Mean of the noisy and clean validation accuracies (repulsion reads noisy latents or clean
+    predictions), then the lower noisy validation loss: an easy style set reaches 100 % within a few epochs,
+    and the epochs after it still learn the higher noise levels, where repulsion decides the styles."""
+    return (report.validation_accuracy + report.clean_validation_accuracy) / 2, -report.validation_loss
 
 
 def _check_training_inputs(latents: Tensor, labels: Tensor, groups: Tensor, class_names: Sequence[str],
@@ -213,15 +217,20 @@ def _train_epoch(model: StyleClassifier, optimiser: torch.optim.Optimizer, batch
 
 
 @torch.no_grad()
-def _accuracy(model: StyleClassifier, dataset: _LabelledLatents) -> float:
-    """Fraction of `dataset` the model classifies correctly (evaluated in chunks)."""
-    correct = 0
+def _evaluate(model: StyleClassifier, dataset: _LabelledLatents) -> tuple[float, float]:
+    """The fraction of `dataset` the model classifies correctly and its mean cross-entropy (weighted by
+    noise level as in training; clean latents weigh 1), evaluated in chunks."""
+    correct, weighted_loss, total_weight = 0, 0.0, 0.0
     for start in range(0, dataset.labels.numel(), EVALUATION_BATCH_SIZE):
         chunk = slice(start, start + EVALUATION_BATCH_SIZE)
         sigma = None if dataset.sigma is None else dataset.sigma[chunk]
-        predictions = model.classify(dataset.latents[chunk], sigma).argmax(dim=1)
-        correct += (predictions == dataset.labels[chunk]).sum().item()
-    return correct / dataset.labels.numel()
+        logits = model.classify(dataset.latents[chunk], sigma)
+        correct += (logits.argmax(dim=1) == dataset.labels[chunk]).sum().item()
+        weights = torch.ones_like(logits[:, 0]) if sigma is None else 1 / (1 + sigma**2)
+        losses = F.cross_entropy(logits, dataset.labels[chunk], reduction="none")
+        weighted_loss += (weights * losses).sum().item()
+        total_weight += weights.sum().item()
+    return correct / dataset.labels.numel(), weighted_loss / total_weight
 
 
 def _finalise(model: StyleClassifier, best: EpochReport) -> None:

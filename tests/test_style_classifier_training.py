@@ -60,13 +60,29 @@ def test_digits_reach_ninety_percent_validation_accuracy_quickly():
 def test_the_epoch_with_the_best_validation_score_is_kept():
     latents, labels = small_digit_set(per_class=30)
     model, history = train_style_classifier(latents, labels, DIGIT_NAMES, epochs=12, seed=1, **TRAINING_OPTIONS)
-    scores = [(report.validation_accuracy + report.clean_validation_accuracy) / 2 for report in history]
+    scores = [((report.validation_accuracy + report.clean_validation_accuracy) / 2, -report.validation_loss)
+              for report in history]
     best = history[scores.index(max(scores))]
     assert model.metadata["epochs"] == str(best.epoch)
     assert float(model.metadata["validation_accuracy"]) == pytest.approx(best.validation_accuracy, abs=1e-4)
     assert float(model.metadata["clean_validation_accuracy"]) == pytest.approx(best.clean_validation_accuracy,
                                                                                abs=1e-4)
     assert len(set(scores)) > 1, "the epochs should differ for this test to mean something"
+
+
+def test_once_the_accuracies_saturate_the_epoch_with_the_lowest_validation_loss_is_kept():
+    """Two well-separated digits are told apart perfectly within a few epochs; the later epochs still lower
+    the validation loss (they learn the higher noise levels), and the kept epoch is the one where it is lowest."""
+    latents, labels = digit_latents()
+    chosen = (labels == 0) | (labels == 1)
+    model, history = train_style_classifier(latents[chosen], labels[chosen], DIGIT_NAMES[:2], epochs=15, seed=0,
+                                            **TRAINING_OPTIONS)
+    perfect = [report for report in history
+               if report.validation_accuracy == 1.0 and report.clean_validation_accuracy == 1.0]
+    assert len(perfect) >= 3, "the accuracies should saturate for this test to mean something"
+    kept = min(perfect, key=lambda report: report.validation_loss)
+    assert kept.epoch != perfect[0].epoch
+    assert model.metadata["epochs"] == str(kept.epoch)
 
 
 def test_groups_are_never_split_between_training_and_validation():
