@@ -9,7 +9,8 @@ latents with sigma log-uniform in the lower half of the log range, `[sigma_min, 
 sigma_max)]` (fixed noise, drawn once, so epochs are comparable), and on the clean latents. The split
 holds out whole groups (e.g. all the points of one sampling trajectory, which look alike), so the
 validation accuracy is not flattered by near-copies of training latents. The epoch with the best
-validation score (the mean of the noisy and clean accuracies) is the one returned.
+validation score (the mean of the noisy and clean accuracies, ties going to the lower noisy validation
+loss) is the one returned.
 """
 from __future__ import annotations
 
