@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -58,6 +59,7 @@ SEED_BASE = 1000
 CALIBRATION_SEED_BASE = 5000
 CALIBRATION_LETTERS = tuple("AGKW")
 SHEET_LETTERS = ("R", "G")
+LABEL_CHARACTERS = 36  # per line of a method's name on the sample sheet (3 lines fit beside a tile)
 
 
 def contextual_defaults() -> dict:
@@ -229,7 +231,8 @@ def sample_sheet(model: pipeline.Letters, methods: list[Method]) -> Image.Image:
         _, _, images = sample_and_judge(model, method, letter, SEED_BASE)
         verdict = model.judge(images)
         draw.text((4, row * tile + 4), f'"{caption(letter)}"', fill="black")
-        draw.text((4, row * tile + 20), method.name, fill="black")
+        for line_index, line in enumerate(textwrap.wrap(method.name, LABEL_CHARACTERS)):
+            draw.text((4, row * tile + 18 + 13 * line_index), line, fill="black")
         for column, image in enumerate(images):
             pixels = (image.clamp(0, 1) * 255).byte().numpy()
             sheet.paste(Image.fromarray(pixels), (label_width + column * tile, row * tile))
@@ -282,6 +285,10 @@ def main() -> None:
                    repulsive(feature_embedder, strength=2.0)),
             Method("Repulsive KSampler + style embedder features, log_vendi, strength 4",
                    repulsive(feature_embedder, strength=4.0)),
+            Method("Repulsive KSampler + style embedder features, log_vendi, strength 4, start 0.15",
+                   repulsive(feature_embedder, strength=4.0, start=0.15)),
+            Method("Repulsive KSampler + style embedder features, log_vendi, strength 6",
+                   repulsive(feature_embedder, strength=6.0)),
             Method("Contextual Repulsion, node defaults", contextual(contextual_defaults())),
             Method("Contextual Repulsion, paper's settings", contextual(paper_contextual())),
             Method("Contextual Repulsion, calibrated", contextual(calibrated)),
