@@ -206,7 +206,7 @@ def _train_epoch(model: StyleClassifier, optimiser: torch.optim.Optimizer, batch
         if should_stop is not None and should_stop():
             raise TrainingInterrupted(f"Style classifier training was stopped during epoch {epoch}.")
         logits = model.classify(batch.latents, batch.sigma)
-        weights = 1 / (1 + batch.sigma**2)
+        weights = _noise_weights(batch.sigma, logits)
         loss = (weights * F.cross_entropy(logits, batch.labels, reduction="none")).sum() / weights.sum()
         optimiser.zero_grad()
         loss.backward()
@@ -217,17 +217,23 @@ def _train_epoch(model: StyleClassifier, optimiser: torch.optim.Optimizer, batch
     return total_loss / seen, correct / seen
 
 
+def _noise_weights(sigma: Tensor | None, logits: Tensor) -> Tensor:
+    """`[B]` weight of each example's cross-entropy: `1 / (1 + sigma^2)`, the share of a unit-variance latent's
+    variance that is still signal (1 for clean latents, `sigma` None)."""
+    return torch.ones_like(logits[:, 0]) if sigma is None else 1 / (1 + sigma**2)
+
+
 @torch.no_grad()
 def _evaluate(model: StyleClassifier, dataset: _LabelledLatents) -> tuple[float, float]:
     """The fraction of `dataset` the model classifies correctly and its mean cross-entropy (weighted by
-    noise level as in training; clean latents weigh 1), evaluated in chunks."""
+    `_noise_weights`, as in training), evaluated in chunks."""
     correct, weighted_loss, total_weight = 0, 0.0, 0.0
     for start in range(0, dataset.labels.numel(), EVALUATION_BATCH_SIZE):
         chunk = slice(start, start + EVALUATION_BATCH_SIZE)
         sigma = None if dataset.sigma is None else dataset.sigma[chunk]
         logits = model.classify(dataset.latents[chunk], sigma)
         correct += (logits.argmax(dim=1) == dataset.labels[chunk]).sum().item()
-        weights = torch.ones_like(logits[:, 0]) if sigma is None else 1 / (1 + sigma**2)
+        weights = _noise_weights(sigma, logits)
         losses = F.cross_entropy(logits, dataset.labels[chunk], reduction="none")
         weighted_loss += (weights * losses).sum().item()
         total_weight += weights.sum().item()
