@@ -10,6 +10,8 @@ batches of N = 8 from the same seeds for every method:
 - style embedder: the Repulsive KSampler at its defaults with the EMBEDDER that the pack's Train Style
   Embedder trained on this model's own outputs (Style Latents from Prompts, "the letter X by <font>";
   `letters/font_embedder.py`, run by `letters/train.py`), loaded with the pack's Load Style Embedder;
+- a built-in embedder: the Repulsive KSampler at strength 2 with the Repulsion Embedder node's random CNN
+  (no training; what an artist can pick for texture-like differences such as fonts);
 - contextual: Contextual Repulsion at its defaults, at the paper's settings (all double blocks, 50 inner
   steps, first step only) and at the setting calibrated here (a sweep on other seeds);
 - CADS: Gaussian noise on the text conditioning during the first steps (Sadat et al. 2024, as the
@@ -44,7 +46,7 @@ from letters.glyphs import LETTERS, caption
 from letters.install import FONTS_EMBEDDER_NAME, install
 from letters.pipeline import SAMPLING
 from particle_repulsion.nodes.contextual import ContextualRepulsion
-from particle_repulsion.nodes.embedder_nodes import LoadStyleEmbedder
+from particle_repulsion.nodes.embedder_nodes import LoadStyleEmbedder, RepulsionEmbedder
 from particle_repulsion.nodes.model_folders import register_model_folders
 from particle_repulsion.nodes.sampler_nodes import RepulsiveKSampler, repulsion_defaults
 
@@ -141,6 +143,12 @@ def cads(settings: dict) -> Callable:
     def run(model, positive, negative, latent, seed):
         return stock(lambda base: cads_model(base, seed, **settings))(model, positive, negative, latent, seed)
     return run
+
+
+def random_cnn_embedder():
+    """The Repulsion Embedder node's random CNN at the node's defaults for its seed and grid."""
+    defaults = widget_defaults(RepulsionEmbedder.INPUT_TYPES())
+    return RepulsionEmbedder().choose(**{**defaults, "embedder": "random_cnn"})[0]
 
 
 def load_font_embedder(output: str = "class_probabilities"):
@@ -289,6 +297,8 @@ def main() -> None:
                    repulsive(feature_embedder, strength=4.0, start=0.15)),
             Method("Repulsive KSampler + style embedder features, log_vendi, strength 6",
                    repulsive(feature_embedder, strength=6.0)),
+            Method("Repulsive KSampler + random_cnn embedder, strength 2",
+                   repulsive(random_cnn_embedder(), strength=2.0)),
             Method("Contextual Repulsion, node defaults", contextual(contextual_defaults())),
             Method("Contextual Repulsion, paper's settings", contextual(paper_contextual())),
             Method("Contextual Repulsion, calibrated", contextual(calibrated)),
